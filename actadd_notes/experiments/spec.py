@@ -1,0 +1,547 @@
+"""The experiment spec: a note's flat YAML properties, checked once and turned into a typed object.
+
+An experiment note holds its whole spec in its properties; the note body may add prompts.
+The tool writes its own progress keys beside the spec (`TOOL_KEYS`: status, started,
+finished, progress, result, best_layer, best_coeff, error, run_id); those are ignored here.
+
+```yaml
+type: actadd-experiment
+model: embedded          # "embedded" (the shipped SmolLM2), a Hugging Face id or a local path
+prompt_add: Love         # p+ (required, not empty)
+prompt_sub: Hate         # p- (required; "" subtracts the padding alone)
+layer: [2, 4, 6, 8, 10]  # grid: an int or a list (inputs of these layers)
+coeff: [1, 2, 4, 8]      # grid: a number or a list; negative flips the direction
+prompts:                 # a string or a list; a "## Prompts" list in the body is appended
+  - I hate you because
+samples: 20              # completions per prompt and setting
+metrics: [sentiment, fluency]
+literature: ["[[@turnerActivationAdditionSteering2024]]"]
+```
+
+Every key, with its default (an empty property counts as absent):
+
+| key | default | meaning |
+|---|---|---|
+| `model` | `embedded` | model to steer |
+| `prompt_add`, `prompt_sub` | required | steering vector c·(h(p+) − h(p−)) at the input of `layer` |
+| `layer`, `coeff` | required | grid: value or list; bayes: range `[lo, hi]` or `{min: lo, max: hi}` (a single value pins it) |
+| `prompts` | required, unless the body has `## Prompts` | `- item` lines, quotes stripped from `- "item"`; merged after the property |
+| `samples` | 10 | completions per prompt and setting |
+| `max_new_tokens` | 40 | tokens generated per completion |
+| `seed` | 0 | |
+| `temperature`, `top_p`, `top_k`, `freq_penalty` | 1.0, 0.3, 0 (off), 1.0 | sampling, as in the paper |
+| `metrics` | `[sentiment]` | any of sentiment, profanity, toxicity, relevance, topic_rate, fluency, kl; fluency is always added (the guard needs it) |
+| `search` | `grid` | `grid` (every layer × coeff) or `bayes` (Optuna over the ranges) |
+| `trials` | 20 | bayes only: settings tried |
+| `coeff_scale` | `linear` | bayes only: `log` samples coeff log-uniformly (positive ranges only) |
+| `objective` | first metric that is not fluency | metric that picks the best setting |
+| `direction` | `maximize` | or `minimize` |
+| `max_perplexity_ratio` | 1.5 | settings whose perplexity exceeds ratio × baseline are rejected |
+| `topic` | — | text that `relevance` compares completions with |
+| `topic_words` | — | words that `topic_rate` looks for (plurals tolerated) |
+| `classifier` | — | Hugging Face text-classification model for sentiment or toxicity; `{sentiment: id, toxicity: id}` when both |
+| `chat` | false | wrap prompts in the model's chat template |
+| `pad_token` | `" "` | pads the shorter of p+ and p− (the reference pads with spaces) |
+| `position` | `front` | `front`: add at the first positions during prefill (the paper); `all`: every position, every step |
+| `batch_size` | automatic | generations per forward pass |
+| `max_generations` | 20000 | refuse larger runs (settings × prompts × samples, the baseline counting as one setting) |
+| `extra_additions` | `[]` | more steering vectors `{add, sub, layer, coeff}`, added on top in every steered setting (never in the baseline) |
+| `literature` | `[]` | wiki links to literature notes, kept as written |
+
+Other keys are kept in `ExperimentSpec.unknown` and draw a warning, except Obsidian's own
+`type`, `tags`, `aliases` and `cssclasses`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from actadd_notes.errors import SpecError, note_context
+
+METRICS: tuple[str, ...] = ("sentiment", "profanity", "toxicity", "relevance", "topic_rate", "fluency", "kl")
+TOOL_KEYS: frozenset[str] = frozenset(
+    {"status", "started", "finished", "progress", "result", "best_layer", "best_coeff", "error", "run_id"}
+)
+SPEC_KEYS: frozenset[str] = frozenset(
+    {
+        "model", "prompt_add", "prompt_sub", "layer", "coeff", "prompts", "samples", "max_new_tokens",
+        "seed", "temperature", "top_p", "top_k", "freq_penalty", "metrics", "search", "trials",
+        "coeff_scale", "objective", "direction", "max_perplexity_ratio", "topic", "topic_words",
+        "classifier", "chat", "pad_token", "position", "batch_size", "max_generations",
+        "extra_additions", "literature",
+    }
+)  # fmt: skip
+# Obsidian's own properties: kept in `unknown`, but not worth a warning on every note.
+_QUIET_KEYS = frozenset({"type", "tags", "aliases", "cssclasses"})
+# Keys that change no completion and no score: left out of spec_hash.
+_UNHASHED = ("literature", "max_generations")
+
+# Whole-number keys and their minimum; the property name is the field name.
+_WHOLE = {"samples": 1, "max_new_tokens": 1, "seed": 0, "top_k": 0, "batch_size": 1, "max_generations": 1}
+# Number keys, the test they must pass, and how to say what is valid.
+_NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "temperature": (lambda x: x > 0, "must be > 0"),
+    "top_p": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
+    "freq_penalty": (lambda x: x >= 0, "must be ≥ 0"),
+    "max_perplexity_ratio": (lambda x: x >= 1, "must be ≥ 1"),
+}
+_CHOICES = {
+    "search": ("grid", "bayes"),
+    "direction": ("maximize", "minimize"),
+    "coeff_scale": ("linear", "log"),
+    "position": ("front", "all"),
+}
+_CLASSIFIED = ("sentiment", "toxicity")  # metrics that can use `classifier`
+_ADDITION_KEYS = ("add", "sub", "layer", "coeff")
+_PROMPTS_HEADING = re.compile(r"^##\s+prompts\s*$", re.IGNORECASE)
+_HEADING = re.compile(r"^#{1,6}\s")
+_LIST_ITEM = re.compile(r"^\s*[-*+]\s+(.*?)\s*$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Addition:
+    """One steering vector c·(h(add) − h(sub)) at the input of `layer`."""
+
+    add: str
+    sub: str
+    layer: int
+    coeff: float
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A checked spec; build it with `parse_spec`, which also fills the defaults that depend on other keys.
+
+    Grid search fills `layers` and `coeffs`; bayes fills `layer_range` and `coeff_range` (inclusive).
+    """
+
+    prompt_add: str
+    prompt_sub: str
+    prompts: tuple[str, ...]
+    layers: tuple[int, ...] = ()
+    coeffs: tuple[float, ...] = ()
+    layer_range: tuple[int, int] | None = None
+    coeff_range: tuple[float, float] | None = None
+    model: str = "embedded"
+    samples: int = 10
+    max_new_tokens: int = 40
+    seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 0.3
+    top_k: int = 0
+    freq_penalty: float = 1.0
+    metrics: tuple[str, ...] = ("sentiment", "fluency")
+    search: str = "grid"
+    trials: int | None = None
+    coeff_scale: str = "linear"
+    objective: str | None = "sentiment"
+    direction: str = "maximize"
+    max_perplexity_ratio: float = 1.5
+    topic: str | None = None
+    topic_words: tuple[str, ...] = ()
+    classifier: dict[str, str] = field(default_factory=dict, hash=False)  # metric name -> model
+    chat: bool = False
+    pad_token: str = " "
+    position: str = "front"
+    batch_size: int | None = None
+    max_generations: int = 20_000
+    extra_additions: tuple[Addition, ...] = ()
+    literature: tuple[str, ...] = ()
+    unknown: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as properties that `parse_spec` reads back to an equal spec (without `unknown`)."""
+        data = asdict(self)
+        del data["unknown"]
+        layers, layer_range = data.pop("layers"), data.pop("layer_range")
+        coeffs, coeff_range = data.pop("coeffs"), data.pop("coeff_range")
+        grid = self.search == "grid"
+        data["layer"] = layers if grid else layer_range
+        data["coeff"] = coeffs if grid else coeff_range
+        if grid:  # bayes-only keys, left out so they cannot sway spec_hash
+            del data["trials"], data["coeff_scale"]
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+    def spec_hash(self) -> str:
+        """sha256 of what decides the results, so reruns of an unchanged spec can be recognised.
+
+        `batch_size` is included: batching changes how the sampler's random stream is consumed.
+        """
+        data = self.to_dict()
+        for key in _UNHASHED:
+            del data[key]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """The size of a run; the unsteered baseline counts as one setting."""
+
+    settings: int
+    generations: int
+    new_tokens: int  # an upper bound: completions may stop early at end-of-text
+
+
+def parse_spec(
+    properties: Mapping[str, Any], body: str = "", *, note: str | None = None
+) -> tuple[ExperimentSpec, list[str]]:
+    """Check a note's properties (and `## Prompts` body list); return the spec and warnings.
+
+    Raises SpecError naming the key, the bad value and what would be valid.
+    """
+    with _noted(note):
+        return _parse(properties, body)
+
+
+def check_layers(spec: ExperimentSpec, num_layers: int, model_name: str, *, note: str | None = None) -> None:
+    """Refuse layers the model does not have; run once the model is known."""
+    valid = f"{model_name} has layers 0–{num_layers - 1}"
+    with _noted(note):
+        bad = [layer for layer in spec.layers if layer >= num_layers]
+        if bad:
+            raise SpecError(f"{', '.join(map(str, bad))} — {valid}", key="layer")
+        if spec.layer_range is not None and spec.layer_range[1] >= num_layers:
+            raise SpecError(f"{list(spec.layer_range)} — {valid}", key="layer")
+        for number, addition in enumerate(spec.extra_additions, 1):
+            if addition.layer >= num_layers:
+                raise SpecError(f"item {number}: layer {addition.layer} — {valid}", key="extra_additions")
+
+
+def estimate_work(spec: ExperimentSpec) -> WorkEstimate:
+    """Count settings, generations and at most how many tokens a run generates."""
+    steered = len(spec.layers) * len(spec.coeffs) if spec.search == "grid" else spec.trials or 0
+    settings = steered + 1
+    generations = settings * len(spec.prompts) * spec.samples
+    return WorkEstimate(settings, generations, generations * spec.max_new_tokens)
+
+
+def check_work(spec: ExperimentSpec, estimate: WorkEstimate, *, note: str | None = None) -> None:
+    """Refuse a run larger than `max_generations`, before any model is loaded."""
+    if estimate.generations <= spec.max_generations:
+        return
+    shrink = "the grid (fewer layers or coeffs" if spec.search == "grid" else "the search (fewer trials"
+    with _noted(note):
+        raise SpecError(
+            f"{estimate.generations:,} generations ({estimate.settings} settings with the baseline × "
+            f"{len(spec.prompts)} prompts × {spec.samples} samples) exceed max_generations "
+            f"{spec.max_generations:,} — raise max_generations or shrink {shrink}, prompts or samples)",
+            key="max_generations",
+        )
+
+
+def _parse(properties: Mapping[str, Any], body: str) -> tuple[ExperimentSpec, list[str]]:
+    # An empty property (Obsidian's blank field) counts as absent.
+    props = {str(key): value for key, value in properties.items() if value is not None}
+    warnings: list[str] = []
+    unknown = {str(key): value for key, value in properties.items() if str(key) not in SPEC_KEYS | TOOL_KEYS}
+    for key in unknown:
+        if key not in _QUIET_KEYS:
+            guess = difflib.get_close_matches(key, SPEC_KEYS, n=1)
+            hint = f" (did you mean {guess[0]}?)" if guess else ""
+            warnings.append(f"{key}: unknown property{hint} — kept, not used")
+
+    spec: dict[str, Any] = {"unknown": unknown}
+    spec["prompt_add"] = _prompt(_required(props, "prompt_add", "the text whose activations are added"), "prompt_add")
+    spec["prompt_sub"] = _text(
+        _required(props, "prompt_sub", 'the text whose activations are subtracted ("" for padding alone)'),
+        "prompt_sub",
+        empty_ok=True,
+    )
+    if spec["prompt_add"] == spec["prompt_sub"]:
+        warnings.append("prompt_sub: same as prompt_add, so the steering vector is zero")
+    spec["prompts"] = _all_prompts(props.get("prompts"), body)
+    if "model" in props:
+        spec["model"] = _text(props["model"], "model")
+    if "pad_token" in props:
+        spec["pad_token"] = _text(props["pad_token"], "pad_token", blank_ok=True)
+    for key, minimum in _WHOLE.items():
+        if key in props:
+            spec[key] = _whole(props[key], key, minimum)
+    for key, (valid, rule) in _NUMBERS.items():
+        if key in props:
+            spec[key] = _finite(props[key], key)
+            if not valid(spec[key]):
+                raise SpecError(f"{_show(props[key])} {rule}", key=key)
+    for key, options in _CHOICES.items():
+        if key in props:
+            spec[key] = _choice(props[key], key, options)
+    if "chat" in props:
+        if not isinstance(props["chat"], bool):
+            raise SpecError(f"{_show(props['chat'])} — expected true or false", key="chat")
+        spec["chat"] = props["chat"]
+
+    _parse_search(props, spec, warnings)
+    _parse_metrics(props, spec, warnings)
+    spec["extra_additions"] = tuple(
+        _addition(item, number) for number, item in enumerate(_listed(props.get("extra_additions", [])), 1)
+    )
+    spec["literature"] = tuple(
+        _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
+        for number, item in enumerate(_listed(props.get("literature", [])), 1)
+    )
+    return ExperimentSpec(**spec), warnings
+
+
+def _parse_search(props: dict[str, Any], spec: dict[str, Any], warnings: list[str]) -> None:
+    """Grid: layer and coeff lists. Bayes: layer and coeff ranges, trials, coeff_scale."""
+    layer = _required(props, "layer", "a layer number or a list such as [2, 4, 6]")
+    coeff = _required(props, "coeff", "a number or a list such as [1, 2, 4]")
+    if spec.get("search", "grid") == "grid":
+        for key in ("trials", "coeff_scale"):
+            if key in props:
+                warnings.append(f"{key}: only used with search: bayes — ignored")
+        spec.pop("coeff_scale", None)
+        spec["layers"] = _grid(layer, "layer", _layer)
+        spec["coeffs"] = _grid(coeff, "coeff", _finite)
+        return
+    spec["trials"] = _whole(props.get("trials", 20), "trials", 1)
+    spec["layer_range"] = _range(layer, "layer", _layer)
+    low, high = spec["coeff_range"] = _range(coeff, "coeff", _finite)
+    if spec.get("coeff_scale") == "log" and low <= 0:
+        raise SpecError(
+            f"log scale needs a positive coeff range, got {[low, high]} — use coeff_scale: linear", key="coeff_scale"
+        )
+
+
+def _parse_metrics(props: dict[str, Any], spec: dict[str, Any], warnings: list[str]) -> None:
+    """Metrics, the objective, and the settings that metrics need (topic, topic_words, classifier)."""
+    raw = _listed(props.get("metrics", ["sentiment"]))
+    names = _unique([_choice(name, "metrics", METRICS) for name in raw], "metrics")
+    if "fluency" not in names:
+        names.append("fluency")
+    spec["metrics"] = tuple(names)
+
+    default = next((name for name in names if name != "fluency"), None)
+    objective = spec["objective"] = props.get("objective", default)
+    if objective is None and spec.get("search") == "bayes":
+        raise SpecError("nothing to optimize — add a metric besides fluency", key="objective")
+    if objective is not None and objective not in names:
+        raise SpecError(f"{_show(objective)} — expected {_alternatives(names)} (add it to metrics)", key="objective")
+
+    if "topic" in props:
+        spec["topic"] = _text(props["topic"], "topic")
+    if "topic_words" in props:
+        spec["topic_words"] = tuple(
+            _text(word, "topic_words", item=number) for number, word in enumerate(_listed(props["topic_words"]), 1)
+        )
+    for key, metric, need in (
+        ("topic", "relevance", "a text to compare completions with, such as weddings"),
+        ("topic_words", "topic_rate", "words to count, such as [wedding, bride, groom]"),
+    ):
+        if metric in names and not spec.get(key):
+            raise SpecError(f"missing — {metric} needs {need}", key=key)
+        if spec.get(key) and metric not in names:
+            warnings.append(f"{key}: only used by the {metric} metric — ignored")
+            del spec[key]
+
+    spec["classifier"] = _classifiers(props.get("classifier"), names, warnings)
+    if "toxicity" in names and "toxicity" not in spec["classifier"]:
+        raise SpecError(
+            "toxicity needs a classifier model — name one with classifier: (a Hugging Face text-classification "
+            "id or path, e.g. s-nlp/roberta_toxicity_classifier), or use profanity (offline)",
+            key="metrics",
+        )
+
+
+def _classifiers(value: Any, metrics: list[str], warnings: list[str]) -> dict[str, str]:
+    """Map sentiment/toxicity to a model; a bare id serves whichever of the two is measured."""
+    if value is None:
+        return {}
+    users = [name for name in _CLASSIFIED if name in metrics]
+    if isinstance(value, str):
+        model = _text(value, "classifier")
+        if len(users) > 1:
+            raise SpecError(
+                f"{model!r} would classify both sentiment and toxicity — give {{sentiment: …, toxicity: …}}, "
+                "or leave sentiment out of it to use VADER",
+                key="classifier",
+            )
+        value = {name: model for name in users} or {"sentiment": model}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"{_show(value)} — expected a model id or path, or {{sentiment: …, toxicity: …}}", key="classifier"
+        )
+    chosen: dict[str, str] = {}
+    for metric, model in value.items():
+        if metric not in _CLASSIFIED:
+            raise SpecError(f"{_show(metric)} — expected sentiment or toxicity as keys", key="classifier")
+        if metric not in metrics:
+            warnings.append(f"classifier: no {metric} metric to use it — ignored")
+            continue
+        chosen[metric] = _text(model, "classifier")
+    return chosen
+
+
+def _addition(item: Any, number: int) -> Addition:
+    where = f"item {number}"
+    if not isinstance(item, Mapping) or set(map(str, item)) != set(_ADDITION_KEYS):
+        raise SpecError(
+            f"{where}: {_show(item)} — expected {{add: …, sub: …, layer: …, coeff: …}}", key="extra_additions"
+        )
+    try:
+        return Addition(
+            add=_prompt(item["add"], "add"),
+            sub=_text(item["sub"], "sub", empty_ok=True),
+            layer=_layer(item["layer"], "layer"),
+            coeff=_finite(item["coeff"], "coeff"),
+        )
+    except SpecError as error:
+        raise SpecError(f"{where}: {error}", key="extra_additions") from None
+
+
+def _all_prompts(value: Any, body: str) -> tuple[str, ...]:
+    prompts = [_prompt(item, "prompts", item=number) for number, item in enumerate(_listed(value or []), 1)]
+    for line_number, text in _body_prompts(body):
+        if not text:
+            raise SpecError(f'empty prompt in the "## Prompts" section, line {line_number}', key="prompts")
+        prompts.append(text)
+    if not prompts:
+        raise SpecError('no prompts — give a prompts list or a "## Prompts" section', key="prompts")
+    return tuple(prompts)
+
+
+def _body_prompts(body: str) -> Iterator[tuple[int, str]]:
+    """List items under `## Prompts`, up to the next heading; `- "…"` keeps spaces inside the quotes."""
+    inside = False
+    for line_number, line in enumerate(body.splitlines(), 1):
+        if _HEADING.match(line):
+            inside = bool(_PROMPTS_HEADING.match(line.strip()))
+            continue
+        item = _LIST_ITEM.match(line) if inside else None
+        if item:
+            text = item.group(1)
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+                text = text[1:-1]
+            yield line_number, text if text.strip() else ""
+
+
+def _required(props: dict[str, Any], key: str, what: str) -> Any:
+    if key not in props:
+        raise SpecError(f"missing — give {what}", key=key)
+    return props[key]
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list property; a single value counts as a list of one."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _grid(value: Any, key: str, convert: Callable[[Any, str], T]) -> tuple[T, ...]:
+    if isinstance(value, Mapping):
+        raise SpecError(f"{_show(value)} is a range — ranges need search: bayes; list the values for a grid", key=key)
+    items = _listed(value)
+    if not items:
+        raise SpecError("empty list — give at least one value", key=key)
+    return tuple(_unique([convert(item, key) for item in items], key))
+
+
+def _range(value: Any, key: str, convert: Callable[[Any, str], T]) -> tuple[T, T]:
+    """`[lo, hi]`, `{min: lo, max: hi}`, or one value that pins the search there."""
+    if isinstance(value, Mapping):
+        if set(map(str, value)) != {"min", "max"}:
+            raise SpecError(f"{_show(value)} — expected {{min: …, max: …}}", key=key)
+        bounds = [value["min"], value["max"]]
+    elif isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise SpecError(
+                f"{_show(value)} — search: bayes expects a range [low, high] or {{min: …, max: …}}", key=key
+            )
+        bounds = list(value)
+    else:
+        bounds = [value, value]
+    low, high = (convert(bound, key) for bound in bounds)
+    if low > high:  # type: ignore[operator]
+        raise SpecError(f"{_show(value)} — the low end {low} is above the high end {high}", key=key)
+    return low, high
+
+
+def _unique(values: list[T], key: str) -> list[T]:
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise SpecError(f"{_show(value)} is listed twice", key=key)
+    return values
+
+
+def _text(
+    value: Any, key: str, *, empty_ok: bool = False, blank_ok: bool = False, hint: str = "", item: int = 0
+) -> str:
+    """A string; empty only if `empty_ok`, whitespace-only only if `blank_ok` or `empty_ok`."""
+    where = f"item {item} " if item else ""
+    if not isinstance(value, str):
+        raise SpecError(f"{where}{_show(value)} must be a string{hint}", key=key)
+    if not empty_ok and (value == "" or not (blank_ok or value.strip())):
+        raise SpecError(f"{where}is empty — give a non-empty string", key=key)
+    return value
+
+
+def _prompt(value: Any, key: str, *, item: int = 0) -> str:
+    where = f"item {item}: " if item else ""
+    if isinstance(value, str) and not value.strip():
+        raise SpecError(f"{where}empty prompt", key=key)
+    return _text(value, key, hint=" — quote it", item=item)
+
+
+def _choice(value: Any, key: str, options: tuple[str, ...] | list[str]) -> str:
+    if value not in options or not isinstance(value, str):
+        raise SpecError(f"{_show(value)} — expected {_alternatives(options)}", key=key)
+    return value
+
+
+def _whole(value: Any, key: str, minimum: int) -> int:
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < minimum:
+        raise SpecError(f"{_show(value)} is not a whole number ≥ {minimum}{_unquote_hint(value)}", key=key)
+    return int(value)
+
+
+def _layer(value: Any, key: str) -> int:
+    return _whole(value, key, 0)
+
+
+def _finite(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{_show(value)} is not a number{_unquote_hint(value)}", key=key)
+    if not math.isfinite(value):
+        raise SpecError(f"{_show(value)} must be a finite number", key=key)
+    return float(value)
+
+
+def _unquote_hint(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return " (it is quoted: write it without quotes)"
+    return ""
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML, near enough."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _alternatives(options: tuple[str, ...] | list[str]) -> str:
+    return " or ".join(options) if len(options) <= 2 else f"one of {', '.join(options)}"
+
+
+@contextmanager
+def _noted(note: str | None) -> Iterator[None]:
+    if note is None:
+        yield
+        return
+    with note_context(note):
+        yield
