@@ -1,0 +1,641 @@
+"""Read and write notes without losing or mangling a user's words.
+
+A note is YAML frontmatter (Obsidian's properties) plus a Markdown body. The tool owns a
+few property keys and a few regions of the body, marked the way Zotero Integration marks
+its persist blocks:
+
+    %% begin results %%
+    …written by the tool…
+    %% end results %%
+
+Everything else is the user's and comes back byte for byte: the frontmatter is re-emitted
+key by key, so an unchanged key keeps its exact text (comments, quotes, flow lists, odd
+spacing), and a changed key keeps its end-of-line comment and the comment lines after it.
+The spliced frontmatter is re-parsed and checked against the properties; should the
+splice ever mean something else, ruamel's own dump of the whole mapping is used instead.
+
+Writes are atomic (temp file in the same folder, fsync, `os.replace`) and `update_note`
+compares and swaps: a note the user changed meanwhile is re-read and the change re-applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import numbers
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path, PurePath
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    LiteralScalarString,
+    SingleQuotedScalarString,
+)
+from ruamel.yaml.timestamp import TimeStamp
+from ruamel.yaml.tokens import CommentToken
+
+from actadd_notes.errors import ConflictError, VaultError
+from actadd_notes.vault.paths import ensure_in_vault
+
+__all__ = [
+    "Note",
+    "atomic_write",
+    "atomic_write_bytes",
+    "create_note",
+    "create_note_if_missing",
+    "dump_yaml_value",
+    "update_note",
+]
+
+# Obsidian only takes frontmatter that opens on the very first line (a BOM aside).
+_OPENING = re.compile(r"\ufeff?---[ \t]*(?:\r\n|\n)")
+_CLOSING = re.compile(r"^---[ \t]*(?:\r\n|\n|\Z)", re.MULTILINE)
+# A line as ruamel counts lines (its reader also breaks on NEL and the Unicode separators),
+# so that its line numbers index this list.
+_YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
+_YAML_LINE = re.compile(r"[^\r\n\x85\u2028\u2029]*(?:\r\n|[\r\n\x85\u2028\u2029]|\Z)")
+# A line as Markdown counts lines.
+_MD_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+_CODE_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_ATX_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
+
+_QUIET_S = 0.02  # a note modified more recently than this may be mid-save: wait
+_SETTLE_S = 0.25  # how long an empty or busy note is waited for before it is taken as it is
+_POLL_S = 0.01
+_RETRY_S = 0.02  # back-off step between compare-and-swap attempts
+_MAX_COPIES = 10_000  # `name 1.md` … before create_note gives up
+_UNREADABLE = object()
+_PER_THREAD = threading.local()
+
+
+class Note:
+    """A parsed Markdown note: round-trip `properties` (mutate in place), the `body`, and
+    the `original` text, which `text()` reproduces exactly while nothing has changed."""
+
+    def __init__(
+        self,
+        path: Path,
+        properties: CommentedMap,
+        body: str,
+        original: str,
+        *,
+        newline: str = "\n",
+        source: _Frontmatter | None = None,
+    ):
+        self.path = path
+        self.properties = properties
+        self.body = body
+        self.original = original
+        self.newline = newline  # what the note uses: text the tool adds follows it
+        self._source = source
+
+    @classmethod
+    def read(cls, path: Path) -> Note:
+        return cls.parse(_read_text(path), path)
+
+    @classmethod
+    def parse(cls, text: str, path: Path) -> Note:
+        """Split frontmatter from body; VaultError naming note and line for invalid YAML."""
+        first_break = text.find("\n")
+        newline = "\r\n" if first_break > 0 and text[first_break - 1] == "\r" else "\n"
+        opening = _OPENING.match(text)
+        closing = _CLOSING.search(text, opening.end()) if opening else None
+        if opening is None or closing is None:  # no frontmatter: properties start empty
+            return cls(path, CommentedMap(), text, text, newline=newline)
+        source = _Frontmatter.parse(opening.group(), text[opening.end() : closing.start()], closing.group(), path)
+        properties = source.properties
+        return cls(path, properties, text[closing.end() :], text, newline=newline, source=source)
+
+    def __repr__(self) -> str:
+        return f"Note({str(self.path)!r}, properties={list(self.properties)!r})"
+
+    def text(self) -> str:
+        """Frontmatter and body; unchanged parts are byte-identical to what was read."""
+        return self._frontmatter_text() + self.body
+
+    def set(self, key: Any, value: Any) -> None:
+        """Set a property the Obsidian way (`dump_yaml_value`), keeping the user's quoting and
+        list style; a value equal to the current one leaves the property as written."""
+        new = dump_yaml_value(value)
+        if key in self.properties:
+            old = self.properties[key]
+            if _same(old, new):
+                return
+            new = _styled_like(old, new)
+        self.properties[key] = new
+
+    def region(self, name: str) -> str | None:
+        """The text between `%% begin NAME %%` and `%% end NAME %%`, without the line breaks
+        that end the marker lines; None when the note has no such region."""
+        span = self._region_span(name)
+        return None if span is None else self.body[span[0] : span[1]]
+
+    def set_region(self, name: str, content: str, *, heading: str | None = None) -> None:
+        """Replace the region's content; a missing region is appended at the end of the body,
+        under `## heading` when one is given."""
+        content = _with_newline(content, self.newline)
+        span = self._region_span(name)
+        if span is not None:
+            start, stop = span
+            if self.body[start:stop] != content:
+                self.body = self.body[:start] + content + self.body[stop:]
+            return
+        nl = self.newline
+        block = f"{nl}## {heading}{nl}" if heading else nl
+        block += f"%% begin {name} %%{nl}{content}{nl}%% end {name} %%{nl}"
+        self.body = _end_line(self.body, nl) + block
+
+    def append_to_section(self, heading: str, text: str, *, level: int = 2) -> None:
+        """Add `text` after the last non-blank line of the section under `heading` (any level,
+        matched without case), before the next heading of that level or higher; a missing
+        heading is created at the end of the body. Headings inside code blocks do not count."""
+        nl = self.newline
+        addition = _with_newline(text.rstrip("\r\n"), nl) + nl
+        lines = _MD_LINE.findall(self.body)
+        headings = list(_headings(lines))
+        found = next(((i, lvl) for i, lvl, title in headings if title.casefold() == heading.casefold()), None)
+        if found is None:
+            self.body = _end_line(self.body, nl) + f"{nl}{'#' * level} {heading}{nl}{addition}"
+            return
+        index, found_level = found
+        end = next((i for i, lvl, _ in headings if i > index and lvl <= found_level), len(lines))
+        while end - 1 > index and not lines[end - 1].strip():
+            end -= 1
+        lines[end - 1] = _end_line(lines[end - 1], nl)
+        lines.insert(end, addition)
+        self.body = "".join(lines)
+
+    def _region_span(self, name: str) -> tuple[int, int] | None:
+        if not name.strip() or "%" in name or "\n" in name:
+            raise ValueError(f"bad region name {name!r}")
+        marker = r"%%[ \t]*{}[ \t]+" + re.escape(name) + r"[ \t]*%%"
+        begin = re.search(marker.format("begin"), self.body)
+        if begin is None:
+            return None
+        end = re.compile(marker.format("end")).search(self.body, begin.end())
+        if end is None:
+            raise VaultError(
+                f"{self.path}: `%% begin {name} %%` has no `%% end {name} %%` after it; add it back "
+                "where the tool's text ends",
+                path=self.path,
+            )
+        start, stop = begin.end(), end.start()
+        for ending in ("\r\n", "\n"):  # the begin marker's line break
+            if self.body.startswith(ending, start):
+                start += len(ending)
+                break
+        for ending in ("\r\n", "\n"):  # the line break before the end marker
+            if stop - len(ending) >= start and self.body.endswith(ending, start, stop):
+                stop -= len(ending)
+                break
+        return start, stop
+
+    def _frontmatter_text(self) -> str:
+        nl, source = self.newline, self._source
+        if source is None:
+            return f"---{nl}{_with_newline(_dump(self.properties), nl)}---{nl}" if self.properties else ""
+        closing = source.closing if source.closing.endswith("\n") or not self.body else source.closing + nl
+        if not source.changed(self.properties):
+            return source.opening + source.yaml + closing
+        spliced = source.splice(self.properties, nl)
+        full = _dump(self.properties)
+        meant = _load_plain(full)
+        if meant is _UNREADABLE or not _same(_load_plain(spliced), meant):
+            spliced = _with_newline(full, nl)
+        return source.opening + spliced + closing
+
+
+@dataclass
+class _Frontmatter:
+    """The frontmatter as read, cut into lines per top-level key, to re-emit it key by key."""
+
+    opening: str
+    yaml: str
+    closing: str
+    properties: CommentedMap
+    head: list[str]  # lines before the first key: comments, blank lines
+    segments: dict[Any, list[str]]  # key -> its lines, up to the next key's line
+    eol: dict[Any, tuple[str, str]]  # key -> (spaces, comment) ending the key's first line
+    snapshot: CommentedMap  # the values as read, without comments: what "unchanged" means
+    baseline: str  # the snapshot dumped
+
+    @classmethod
+    def parse(cls, opening: str, yaml_text: str, closing: str, path: Path) -> _Frontmatter:
+        try:
+            loaded = _yaml().load(yaml_text)
+        except YAMLError as error:
+            raise _yaml_error(error, yaml_text, path) from None
+        if loaded is None:  # empty, or comments only
+            loaded = CommentedMap()
+        if not isinstance(loaded, CommentedMap):
+            raise VaultError(f"{path}:2: the properties must be a mapping of keys to values", path=path)
+        lines = _yaml_lines(yaml_text)
+        starts = [loaded.lc.key(key)[0] for key in loaded]
+        comments = _comment_starts(loaded)
+        segments, eol = {}, {}
+        for index, key in enumerate(loaded):
+            start = starts[index]
+            stop = starts[index + 1] if index + 1 < len(starts) else len(lines)  # where the next key starts
+            segments[key] = lines[start:stop]
+            column = comments.get(start)
+            if column is not None and lines[start][column:].startswith("#"):
+                first = lines[start].rstrip("\r\n\x85\u2028\u2029")
+                before = first[:column]
+                eol[key] = (before[len(before.rstrip()) :] or " ", first[column:])
+        head = lines[: starts[0]] if starts else lines
+        snapshot = _without_comments(loaded)
+        return cls(opening, yaml_text, closing, loaded, head, segments, eol, snapshot, _dump(snapshot))
+
+    def changed(self, properties: CommentedMap) -> bool:
+        return _dump(_without_comments(properties)) != self.baseline
+
+    def splice(self, properties: CommentedMap, nl: str) -> str:
+        """The original text of unchanged keys, fresh text for changed and new ones; a removed
+        key leaves its trailing comment lines, which may introduce the key after it."""
+        order = {key: index for index, key in enumerate(self.segments)}
+        removed = [key for key in self.segments if key not in properties]
+        out = list(self.head)
+        for key, value in properties.items():
+            while removed and key in order and order[removed[0]] < order[key]:
+                out += _trailing(self.segments[removed.pop(0)])
+            dumped = _dump_key(key, value)
+            if key in self.snapshot and _dump_key(key, self.snapshot[key]) == dumped:
+                out += self.segments[key]
+                continue
+            fresh = _yaml_lines(_with_newline(dumped, nl))
+            if key in self.eol:
+                spaces, comment = self.eol[key]
+                fresh[0] = fresh[0].rstrip("\r\n") + spaces + comment + nl
+            out += fresh + _trailing(self.segments.get(key, []))
+        for key in removed:
+            out += _trailing(self.segments[key])
+        return "".join(out)
+
+
+def update_note(
+    path: Path,
+    change: Callable[[Note], None],
+    *,
+    vault: Path,
+    attempts: int = 5,
+    config_folder: str = ".obsidian",
+) -> Note:
+    """Read the note, apply `change`, and replace the note atomically unless it changed on disk
+    meanwhile; then re-read and re-apply `change`. Never overwrites text newer than what
+    `change` saw; ConflictError after `attempts` tries. Returns the note as written
+    (`original` is the text it was based on)."""
+    target = ensure_in_vault(vault, path, config_folder=config_folder)
+    for attempt in range(attempts):
+        base = _read_settled(target)
+        note = Note.parse(base, target)
+        change(note)
+        text = note.text()
+        if text == base or _replace_if_unchanged(target, text, base):
+            return note
+        time.sleep(_RETRY_S * (attempt + 1))
+    raise ConflictError(
+        f"{target}: the note kept changing while the tool was updating it ({attempts} tries); nothing was written",
+        path=target,
+    )
+
+
+def create_note(path: Path, text: str, *, vault: Path, config_folder: str = ".obsidian") -> Path:
+    """Create a new note atomically and return its path: `path`, or, as Obsidian does when
+    the name is taken, `name 1.md`, `name 2.md`, …"""
+    target = ensure_in_vault(vault, path, config_folder=config_folder)
+    for number in range(_MAX_COPIES):
+        candidate = target.with_name(f"{target.stem} {number}{target.suffix}") if number else target
+        if _create_exclusive(candidate, text.encode()):
+            return candidate
+    raise VaultError(f"{target}: {_MAX_COPIES} notes with this name exist already", path=target)
+
+
+def create_note_if_missing(path: Path, text: str, *, vault: Path, config_folder: str = ".obsidian") -> bool:
+    """Create the note atomically unless it exists (whoever made it); True if this call made it."""
+    return _create_exclusive(ensure_in_vault(vault, path, config_folder=config_folder), text.encode())
+
+
+def atomic_write(path: Path, text: str, *, vault: Path, config_folder: str = ".obsidian") -> None:
+    """Replace a file in the vault atomically. For the tool's own artifacts: a note the user
+    may edit goes through `update_note`, which never overwrites newer text."""
+    atomic_write_bytes(path, text.encode(), vault=vault, config_folder=config_folder)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, vault: Path, config_folder: str = ".obsidian") -> None:
+    """`atomic_write` for binary artifacts (plots, arrays)."""
+    target = ensure_in_vault(vault, path, config_folder=config_folder)
+    with _vault_io(target, "write"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = _write_temp(target.parent, data, _mode(target))
+        try:
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+
+def dump_yaml_value(value: Any) -> Any:
+    """A Python value as Obsidian writes properties: ISO dates and datetimes (local, to the
+    second), block lists, wikilinks double-quoted, multi-line text as a `|` block."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone().replace(tzinfo=None)
+        stamp = TimeStamp(value.year, value.month, value.day, value.hour, value.minute, value.second)
+        stamp._yaml["t"] = True  # ISO `T`, as Obsidian writes it, not ruamel's default space
+        return stamp
+    if isinstance(value, date):
+        return value
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if isinstance(value, str):
+        if "[[" in value:
+            return DoubleQuotedScalarString(value)
+        return LiteralScalarString(value) if "\n" in value else value
+    if isinstance(value, Mapping):
+        return CommentedMap((key, dump_yaml_value(item)) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return CommentedSeq(dump_yaml_value(item) for item in value)
+    raise TypeError(f"cannot store a {type(value).__name__} as a property: {value!r}")
+
+
+# --- YAML ---------------------------------------------------------------------------
+
+
+def _yaml() -> YAML:
+    """This thread's round-trip YAML (instances are not thread-safe), in Obsidian's layout."""
+    yaml = getattr(_PER_THREAD, "yaml", None)
+    if yaml is None:
+        yaml = _PER_THREAD.yaml = YAML(typ="rt")
+        yaml.preserve_quotes = True
+        yaml.width = 1 << 30  # never fold a long value onto the next line
+        yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def _dump(data: Any) -> str:
+    stream = io.StringIO()
+    _yaml().dump(data, stream)
+    return stream.getvalue()
+
+
+def _dump_key(key: Any, value: Any) -> str:
+    single = CommentedMap()
+    single[key] = _without_comments(value)
+    return _dump(single)
+
+
+def _without_comments(value: Any) -> Any:
+    """A copy of a mapping or list without its comments, keeping flow style and scalar types."""
+    if isinstance(value, Mapping):
+        copy: CommentedMap | CommentedSeq = CommentedMap((k, _without_comments(v)) for k, v in value.items())
+    elif isinstance(value, list):
+        copy = CommentedSeq(_without_comments(item) for item in value)
+    else:
+        return value
+    if isinstance(value, CommentedMap | CommentedSeq) and value.fa.flow_style():
+        copy.fa.set_flow_style()
+    return copy
+
+
+def _load_plain(text: str) -> Any:
+    """Plain Python data, to compare what two YAML texts mean; `_UNREADABLE` if the safe
+    loader refuses it (invalid, or a custom tag)."""
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError:
+        return _UNREADABLE
+    return {} if data is None else data
+
+
+def _yaml_error(error: YAMLError, yaml_text: str, path: Path) -> VaultError:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    # a reader error has no mark, only a character position
+    line = mark.line if mark is not None else len(_YAML_BREAK.findall(yaml_text[: getattr(error, "position", 0)]))
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    # +2: lines count from 1, and the opening `---` is line 1
+    return VaultError(f"{path}:{max(line, 0) + 2}: invalid YAML in the properties: {problem}", path=path)
+
+
+def _yaml_lines(text: str) -> list[str]:
+    """Lines with their line breaks, numbered as ruamel numbers them."""
+    return [line for line in _YAML_LINE.findall(text) if line]
+
+
+def _comment_starts(node: Any, found: dict[int, int] | None = None) -> dict[int, int]:
+    """Line -> column of the first comment starting on that line, anywhere in the loaded data."""
+    found = {} if found is None else found
+    ca = getattr(node, "ca", None)
+    if ca is not None:
+        for token in _tokens([ca.comment, list(ca.items.values()), ca.end]):
+            mark = token.start_mark
+            if mark is not None:
+                found[mark.line] = min(mark.column, found.get(mark.line, mark.column))
+    children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
+    for child in children:
+        _comment_starts(child, found)
+    return found
+
+
+def _tokens(nested: Any) -> Iterator[CommentToken]:
+    if isinstance(nested, CommentToken):
+        yield nested
+    elif isinstance(nested, list):
+        for item in nested:
+            yield from _tokens(item)
+
+
+def _trailing(segment: list[str]) -> list[str]:
+    """The blank and column-0 comment lines ending a key's segment: the user's, not the value's
+    (a value's own lines are indented, so a `#` at column 0 cannot belong to it)."""
+    keep = len(segment)
+    while keep > 1 and (not segment[keep - 1].strip() or segment[keep - 1].startswith("#")):
+        keep -= 1
+    return segment[keep:]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of the same kind: 1, 1.0 and True differ; NaN equals NaN."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return list(a) == list(b) and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if _kind(a) is not _kind(b):
+        return False
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+def _kind(value: Any) -> type:
+    for kind in (bool, datetime, date, int, float, str):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
+
+
+def _styled_like(old: Any, new: Any) -> Any:
+    """`new`, quoted like `old` if both are strings, in flow style if both are lists and `old` was."""
+    if type(new) is str and type(old) in (SingleQuotedScalarString, DoubleQuotedScalarString):
+        return type(old)(new)
+    if isinstance(old, CommentedSeq) and isinstance(new, CommentedSeq) and old.fa.flow_style():
+        new.fa.set_flow_style()
+    return new
+
+
+# --- text helpers ---------------------------------------------------------------------
+
+
+def _with_newline(text: str, nl: str) -> str:
+    """`text` with the note's line breaks, whatever it came with."""
+    return text.replace("\r\n", "\n").replace("\n", nl)
+
+
+def _end_line(text: str, nl: str) -> str:
+    """`text` ending with a line break, unless it is empty."""
+    return text + nl if text and not text.endswith(("\n", "\r")) else text
+
+
+def _headings(lines: list[str]) -> Iterator[tuple[int, int, str]]:
+    """(line index, level, title) of each ATX heading outside fenced code blocks."""
+    fence = ""
+    for index, line in enumerate(lines):
+        stripped = line.rstrip("\r\n")
+        opener = _CODE_FENCE.match(stripped)
+        if fence:
+            closes = opener and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence)
+            if closes and not stripped[opener.end() :].strip():
+                fence = ""
+            continue
+        if opener:
+            fence = opener.group(1)
+            continue
+        heading = _ATX_HEADING.fullmatch(stripped)
+        if heading:
+            yield index, len(heading.group(1)), (heading.group(2) or "").strip()
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _vault_io(path: Path, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise VaultError(f"{path}: cannot {doing}: {error.strerror or error}", path=path) from error
+
+
+def _read_text(path: Path) -> str:
+    """The exact text: bytes decoded as UTF-8, line endings untranslated."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise VaultError(f"{path}: no such note", path=path) from None
+    except OSError as error:
+        raise VaultError(f"{path}: cannot read: {error.strerror or error}", path=path) from error
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise VaultError(f"{path}: not UTF-8 text (byte {error.start})", path=path) from None
+
+
+def _read_settled(path: Path) -> str:
+    """Read a note that is not mid-save. Obsidian saves by truncating and then writing, so an
+    empty or just-modified note is read again after a pause, for up to `_SETTLE_S`."""
+    deadline = time.monotonic() + _SETTLE_S
+    while True:
+        text = _read_text(path)
+        with _vault_io(path, "read"):
+            quiet = time.time() - path.stat().st_mtime >= _QUIET_S
+        if (text and quiet) or time.monotonic() >= deadline:
+            return text
+        time.sleep(_POLL_S)
+
+
+def _replace_if_unchanged(target: Path, text: str, base: str) -> bool:
+    """Write `text` over `target` if it still holds `base`; False (nothing written) if not."""
+    with _vault_io(target, "write"):
+        temp = _write_temp(target.parent, text.encode(), _mode(target))
+        try:
+            if _read_text(target) != base:
+                return False
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+    return True
+
+
+def _create_exclusive(target: Path, data: bytes) -> bool:
+    """Reserve `target` with O_EXCL, then move the full text over it: readers see no note,
+    then an empty one for an instant, then the whole note, never a half-written one."""
+    with _vault_io(target, "create"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return False
+        try:
+            temp = _write_temp(target.parent, data, None)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if target.stat().st_size == 0:  # still our empty reservation
+                    target.unlink()
+            raise
+        _fsync_dir(target.parent)
+    return True
+
+
+def _write_temp(folder: Path, data: bytes, mode: int | None) -> Path:
+    """A synced temp file beside the target (a dot file: Obsidian and the watcher ignore it)."""
+    temp = folder / f".actadd-{secrets.token_hex(6)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _mode(path: Path) -> int | None:
+    """The permission bits of an existing file, so replacing it keeps them."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; best effort (some file systems refuse to sync a folder)."""
+    if hasattr(os, "O_DIRECTORY"):
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
