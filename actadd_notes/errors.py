@@ -7,6 +7,7 @@
     ├── VaultError          a path or write into the vault is refused or failed
     │   └── ConflictError   the note changed on disk under us and could not be merged
     ├── TemplateError       a Jinja template failed (names file and line)
+    ├── Cancelled           a run was cancelled (the note's status set to `cancelled`)
     └── ZoteroError         a Zotero source failed or does not know an item
 
 `note_context(path)` prefixes any ActaddError raised inside it with the note, so a
@@ -62,6 +63,10 @@ class ConflictError(VaultError):
 
 class TemplateError(ActaddError):
     """A Jinja template failed to load or render; the message names the file and line."""
+
+
+class Cancelled(ActaddError):
+    """A run was cancelled between two batches."""
 
 
 class ZoteroError(ActaddError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,19 @@ BLOCK_PATHS = (
 )
 
 POSITIONS = ("front", "all")
+
+# set while extracting activations: a vector computed inside a steering block must not be steered
+_SUSPENDED: ContextVar[bool] = ContextVar("actadd_steering_suspended", default=False)
+
+
+@contextmanager
+def steering_suspended() -> Iterator[None]:
+    """Forward passes inside run unsteered, whatever steering hooks are installed."""
+    token = _SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _SUSPENDED.reset(token)
 
 
 def find_blocks(model: nn.Module, block_path: str | None = None) -> tuple[str, nn.ModuleList]:
@@ -137,6 +151,8 @@ def _cache_length(kwargs: dict) -> int:
 
 def _make_position_hook(state: _CallState, plan: SteeringPlan) -> Callable:
     def hook(module, args, kwargs):
+        if _SUSPENDED.get():
+            return
         tokens = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         shape = tokens.shape if tokens is not None else embeds.shape
@@ -193,6 +209,8 @@ def _build_delta(plan: SteeringPlan, layer: int, state: _CallState, batch: int, 
 
 def _make_add_hook(plan: SteeringPlan, state: _CallState, layer: int) -> Callable:
     def hook(module, args, kwargs):
+        if _SUSPENDED.get():
+            return None
         hidden = _hidden_of(args, kwargs)
         if layer not in state.deltas:
             state.deltas[layer] = _build_delta(plan, layer, state, hidden.shape[0], hidden)

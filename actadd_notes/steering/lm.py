@@ -12,6 +12,7 @@ Every method that runs the model takes `steer`, in one of three forms:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from actadd_notes.errors import ModelError, SteeringError
-from actadd_notes.steering.hooks import SteeringPlan, find_blocks, recording_block_inputs, steering_hooks
+from actadd_notes.steering.hooks import SteeringPlan, find_blocks, recording_block_inputs, steering_hooks, steering_suspended
 from actadd_notes.steering.sampling import Sampling, logits_processors
 from actadd_notes.steering.vectors import ActAdd, SteeringVector
 
@@ -86,6 +87,7 @@ class SteerableLM:
         self._vectors: OrderedDict[tuple, tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = OrderedDict()
         self._vector_cache_size = vector_cache_size
         self._fingerprint: str | None = None
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     # ----------------------------------------------------------------- facts
     @property
@@ -185,7 +187,7 @@ class SteerableLM:
         rows = [r + [pad_id] * (width - len(r)) for r in rows]
         tokens = torch.tensor(rows, device=self.device)
         layers = range(self.num_layers)
-        with torch.inference_mode(), recording_block_inputs(self.blocks, layers) as captured:
+        with torch.inference_mode(), steering_suspended(), recording_block_inputs(self.blocks, layers) as captured:
             self.model(input_ids=tokens, use_cache=False)
         return torch.stack([captured[layer].to(self.device) for layer in layers]), [tuple(r) for r in rows]
 
@@ -266,9 +268,13 @@ class SteerableLM:
             yield vectors
 
     # ------------------------------------------------------------ inference
-    def _forward_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward_logits(self, ids: torch.Tensor, mask: torch.Tensor, keep: int = 0) -> torch.Tensor:
+        """Logits of a left-padded batch; `keep` > 0 computes only the last `keep` positions
+        (the LM head over a large vocabulary dominates the cost of scoring)."""
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+        extra = {"logits_to_keep": keep} if keep and self._keeps_logits else {}
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra).logits
+        return logits[:, -keep:] if keep else logits
 
     def next_token_logits(self, prompts: Sequence[str], *, steer: Steer = None, chat: bool = False, position: str = "front") -> torch.Tensor:
         """[batch, vocab] float32 logits at each row's last real token."""
@@ -276,7 +282,7 @@ class SteerableLM:
         per_row = self._per_row(steer, len(encoded))
         ids, mask, pads = self._left_pad([e.ids for e in encoded])
         with torch.inference_mode(), self._applied(per_row, encoded, pads, position):
-            return self._forward_logits(ids, mask)[:, -1].float()
+            return self._forward_logits(ids, mask, keep=1)[:, -1].float()
 
     def _applied(self, per_row, encoded: Sequence[EncodedPrompt], pads: Sequence[int], position: str):
         if per_row is None or not any(per_row):
@@ -368,16 +374,16 @@ class SteerableLM:
         for begin in range(0, len(completions), size):
             chunk = completions[begin : begin + size]
             ids, mask, pads = self._left_pad([c.prompt_ids + c.token_ids for c in chunk])
+            keep = max(len(c.token_ids) for c in chunk) + 1
             with torch.inference_mode():
-                logprobs = torch.log_softmax(self._forward_logits(ids, mask).float(), dim=-1)
-            width = ids.shape[1]
+                logprobs = torch.log_softmax(self._forward_logits(ids, mask, keep=keep).float(), dim=-1)
             for row, completion in enumerate(chunk):
                 n = len(completion.token_ids)
                 if n == 0:
                     values.append(math.nan)
                     continue
-                targets = ids[row, width - n :]
-                predicted = logprobs[row, width - n - 1 : width - 1]
+                targets = ids[row, ids.shape[1] - n :]
+                predicted = logprobs[row, keep - n - 1 : keep - 1]
                 nll = -predicted.gather(-1, targets[:, None]).mean()
                 values.append(float(torch.exp(nll)))
         return values

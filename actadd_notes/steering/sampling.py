@@ -43,8 +43,9 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
-    """U(0,1) of shape [rows, vocab] determined by each row's seed and the absolute position."""
+def uniform_noise(seeds: torch.Tensor, position: int | torch.Tensor, vocab: int) -> torch.Tensor:
+    """U(0,1) of shape [rows, vocab] determined by each row's seed and the absolute position
+    (one int for all rows, or a [rows] tensor)."""
     base = _mix32(_mix32(_mul32(seeds.to(torch.int64) & _MASK32, 0x9E3779B1) + position) ^ 0x5BD1E995)
     tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     bits = _mix32(base[:, None] ^ _mix32(tokens[None, :] + 0x68E31DA4))
@@ -96,27 +97,31 @@ class Temperature(LogitsProcessor):
 class SeededGumbelSampler(LogitsProcessor):
     """Last processor: log-softmax plus per-row seeded Gumbel noise; greedy argmax then samples."""
 
-    def __init__(self, seeds: Sequence[int]):
+    def __init__(self, seeds: Sequence[int], pad_lengths: Sequence[int] | None = None):
         self.seeds = torch.tensor([s & _MASK32 for s in seeds], dtype=torch.int64)
+        pads = [0] * len(seeds) if pad_lengths is None else list(pad_lengths)
+        self.pad_lengths = torch.tensor(pads, dtype=torch.int64)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         log_probs = torch.log_softmax(scores.float(), dim=-1)
-        noise = uniform_noise(self.seeds.to(scores.device), input_ids.shape[1], scores.shape[-1])
+        # the row's own position, left padding not counted: the same whatever else shares the batch
+        positions = input_ids.shape[1] - self.pad_lengths.to(scores.device)
+        noise = uniform_noise(self.seeds.to(scores.device), positions, scores.shape[-1])
         gumbel = -torch.log(-torch.log(noise)).to(log_probs.dtype)
         return log_probs + gumbel
 
 
 def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Sequence[int]) -> LogitsProcessorList:
     processors = LogitsProcessorList()
-    if sampling.temperature > 0 and sampling.temperature != 1.0:
+    if sampling.temperature == 0:  # greedy as in TransformerLens: the plain argmax, no penalty
+        return processors
+    if sampling.temperature != 1.0:
         processors.append(Temperature(sampling.temperature))
     if sampling.freq_penalty:
         processors.append(FrequencyPenalty(sampling.freq_penalty, pad_lengths))
-    if sampling.temperature == 0:
-        return processors
     if sampling.top_k:
         processors.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1.0:
         processors.append(TopPLogitsWarper(sampling.top_p))
-    processors.append(SeededGumbelSampler(seeds))
+    processors.append(SeededGumbelSampler(seeds, pad_lengths))
     return processors

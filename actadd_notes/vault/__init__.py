@@ -15,6 +15,7 @@ from actadd_notes.vault.notes import (
     create_note,
     create_note_if_missing,
     dump_yaml_value,
+    rewrite_note,
     update_note,
 )
 from actadd_notes.vault.paths import ensure_in_vault, resolve_in_vault, safe_filename
@@ -36,5 +37,6 @@ __all__ = [
     "journal_entry",
     "resolve_in_vault",
     "safe_filename",
+    "rewrite_note",
     "update_note",
 ]

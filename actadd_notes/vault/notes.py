@@ -311,6 +311,35 @@ def update_note(
     )
 
 
+def rewrite_note(
+    path: Path,
+    render: Callable[[Note], str],
+    *,
+    vault: Path,
+    attempts: int = 5,
+    config_folder: str = ".obsidian",
+) -> str:
+    """Replace a tool-owned note with `render(current note)` under the same compare-and-swap
+    as `update_note`: `render` sees the latest text (to carry the user's regions over) and
+    newer text is never overwritten. Returns the text written."""
+    target = ensure_in_vault(vault, path, config_folder=config_folder)
+    for attempt in range(attempts):
+        if not target.exists():
+            text = render(Note.parse("", target))
+            if _create_exclusive(target, text.encode()):
+                return text
+            continue  # created meanwhile: render again from what is there
+        base = _read_settled(target)
+        text = render(Note.parse(base, target))
+        if text == base or _replace_if_unchanged(target, text, base):
+            return text
+        time.sleep(_RETRY_S * (attempt + 1))
+    raise ConflictError(
+        f"{target}: the note kept changing while the tool was updating it ({attempts} tries); nothing was written",
+        path=target,
+    )
+
+
 def create_note(path: Path, text: str, *, vault: Path, config_folder: str = ".obsidian") -> Path:
     """Create a new note atomically and return its path: `path`, or, as Obsidian does when
     the name is taken, `name 1.md`, `name 2.md`, …"""

@@ -1,0 +1,343 @@
+"""The `actadd-notes` command: thin click commands over the library.
+
+torch and transformers are imported only inside the commands that need a model, so
+`--help`, `new` and `lit` start instantly. Library errors (ActaddError) become click errors
+at one boundary, `main()`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from actadd_notes import __version__
+from actadd_notes.errors import ActaddError
+
+EXIT_FAILED = 1  # a job failed or was cancelled; click uses 2 for usage errors
+
+
+def vault_option(function: Callable) -> Callable:
+    return click.option(
+        "--vault", type=click.Path(file_okay=False, path_type=Path), envvar="ACTADD_NOTES_VAULT",
+        help="Vault root (the folder holding .obsidian/); default: found from the note or the current folder. Env: ACTADD_NOTES_VAULT.",
+    )(function)
+
+
+def model_options(function: Callable) -> Callable:
+    function = click.option("--dtype", default="auto", show_default=True, envvar="ACTADD_NOTES_DTYPE",
+                            help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")(function)
+    return click.option("--device", default="auto", show_default=True, envvar="ACTADD_NOTES_DEVICE",
+                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")(function)
+
+
+def json_option(function: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print a JSON object for scripts instead of text.")(function)
+
+
+def _config(vault: Path | None, start: Path | None = None):
+    from actadd_notes.vault.config import VaultConfig, find_vault_root
+
+    root = vault if vault is not None else find_vault_root((start or Path.cwd()).resolve())
+    return VaultConfig.load(root.resolve())
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def _runner(config, device: str, dtype: str):
+    from actadd_notes.jobs import JobRunner, ModelPool
+
+    _quiet_transformers()
+    return JobRunner(config, models=ModelPool(device=device, dtype=dtype))
+
+
+class _ProgressBar:
+    """A tqdm bar fed by the runner's (done, total, stage) callback."""
+
+    def __init__(self, description: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=0, desc=description, unit="gen", leave=False, file=sys.stderr)
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        self.bar.total = total
+        self.bar.set_postfix_str(stage)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_one(runner, note: Path):
+    bar = _ProgressBar(note.stem)
+    try:
+        return runner.run(note, progress=bar)
+    finally:
+        bar.close()
+
+
+def _report(outcome, config, as_json: bool) -> None:
+    from actadd_notes.jobs import relative
+
+    result = relative(config, outcome.result_note) if outcome.result_note else None
+    if as_json:
+        click.echo(json.dumps({"note": relative(config, outcome.note), "status": outcome.status, "result_note": result,
+                               "error": outcome.error, "summary": outcome.summary}))
+        return
+    if outcome.error:
+        click.echo(f"{outcome.status}: {outcome.error}", err=True)
+    else:
+        click.echo(f"{outcome.status}: {outcome.summary}")
+    if result:
+        click.echo(f"result note: {config.root / result}")
+
+
+class _Group(click.Group):
+    """The one boundary where library errors become click errors (exit status 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ActaddError as error:
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="actadd-notes")
+def cli() -> None:
+    """Activation-addition (ActAdd) steering experiments from an Obsidian vault.
+
+    \b
+    Examples:
+      actadd-notes demo                          # example vault + embedded model, end to end
+      actadd-notes new "love hate sweep"         # scaffold a spec note
+      actadd-notes run Experiments/love-hate-sweep.md
+      actadd-notes watch ~/vault                 # run every spec note set to `status: queued`
+      actadd-notes lit turnerActivationAdditionSteering2024
+    """
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@vault_option
+@model_options
+@json_option
+def run(spec: Path, vault: Path | None, device: str, dtype: str, as_json: bool) -> None:
+    """Run the experiment spec note SPEC now and write its results into the vault.
+
+    \b
+    Example:
+      actadd-notes run Experiments/love-hate-sweep.md --device cuda
+    """
+    from actadd_notes.jobs import DONE
+    from actadd_notes.vault.lock import JobClaims
+
+    config = _config(vault, spec.resolve().parent)
+    runner = _runner(config, device, dtype)
+    with JobClaims(config.root) as claims:
+        if not claims.claim(spec.resolve(), "cli"):
+            raise click.ClickException(f"{spec}: another process (a watcher?) is running this experiment")
+        outcome = _run_one(runner, spec.resolve())
+    _report(outcome, config, as_json)
+    if outcome.status != DONE:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("vault", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="ACTADD_NOTES_VAULT")
+@click.option("--poll", is_flag=True, help="Poll for changes (synced or network drives) instead of OS events.")
+@click.option("--debounce-ms", default=1600, show_default=True, help="Wait this long for a note to settle after a save.")
+@model_options
+def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: str) -> None:
+    """Watch VAULT and run every spec note whose status is `queued`, one at a time.
+
+    Set `status: queued` in a spec note to run it; set `status: cancelled` to stop it.
+    Ctrl-C or SIGTERM stops at the next batch and puts the current job back in the queue.
+
+    \b
+    Example:
+      actadd-notes watch ~/Documents/vault --poll
+    """
+    from actadd_notes.watcher import Watcher
+
+    config = _config(vault)
+    stop = threading.Event()
+
+    def stop_now(signum, frame) -> None:
+        click.echo("stopping after the current batch…", err=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, stop_now) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        watcher = Watcher(_runner(config, device, dtype), debounce_ms=debounce_ms, force_polling=poll, stop_event=stop,
+                          log=lambda line: click.echo(f"{datetime.now():%H:%M:%S} {line}", err=True))
+        watcher.serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@cli.command()
+@click.argument("name")
+@vault_option
+@click.option("--model", default="embedded", show_default=True, help="Model the spec steers.")
+def new(name: str, vault: Path | None, model: str) -> None:
+    """Scaffold a new experiment spec note NAME in the experiments folder.
+
+    The note starts as `status: draft`; set it to `queued` when it is ready.
+
+    \b
+    Example:
+      actadd-notes new "wedding topic" --model meta-llama/Meta-Llama-3-8B
+    """
+    from actadd_notes.vault.notes import create_note
+    from actadd_notes.vault.paths import safe_filename
+    from actadd_notes.vault.templates import TemplateRenderer
+
+    config = _config(vault)
+    text = TemplateRenderer.for_vault(config).render("experiment-spec.md.j2", name=name, model=model,
+                                                    created=datetime.now().replace(microsecond=0).isoformat())
+    path = create_note(config.path(config.experiments_folder, safe_filename(name) + ".md"), text,
+                       vault=config.root, config_folder=config.config_folder)
+    click.echo(path)
+
+
+@cli.command()
+@click.argument("citekeys", nargs=-1, required=True)
+@vault_option
+@click.option("--refresh", is_flag=True, help="Re-import notes that exist (your notes block and extra properties are kept).")
+@json_option
+def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, as_json: bool) -> None:
+    """Create (or --refresh) literature notes @CITEKEY.md from Zotero.
+
+    Sources are tried in the vault's configured order: the Zotero 7 local API, the web API
+    (ZOTERO_LIBRARY_ID / ZOTERO_API_KEY), Better BibTeX exports.
+
+    \b
+    Example:
+      actadd-notes lit turnerActivationAdditionSteering2024 konenStyleVectorsSteering2024
+    """
+    from actadd_notes.vault.literature import citekeys_from_links, ensure_literature_notes, write_literature_note
+    from actadd_notes.vault.templates import TemplateRenderer
+    from actadd_notes.vault.zotero import find_item, sources_from_config
+
+    config = _config(vault)
+    renderer = TemplateRenderer.for_vault(config)
+    sources = sources_from_config(config)
+    keys = citekeys_from_links(list(citekeys))
+    outcomes: dict[str, Any] = {}
+    if refresh:
+        for key in keys:
+            try:
+                outcomes[key] = write_literature_note(config, renderer, find_item(key, sources), refresh=True)
+            except ActaddError as error:
+                outcomes[key] = error
+    else:
+        outcomes = ensure_literature_notes(config, renderer, keys, sources)
+    failed = {k: str(v) for k, v in outcomes.items() if isinstance(v, Exception)}
+    written = {k: str(v) for k, v in outcomes.items() if not isinstance(v, Exception)}
+    if as_json:
+        click.echo(json.dumps({"written": written, "failed": failed}))
+    else:
+        for key, path in written.items():
+            click.echo(f"{key}: {path}")
+        for key, error in failed.items():
+            click.echo(f"{key}: {error}", err=True)
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--add", "prompt_add", required=True, help="p+, the prompt steered towards.")
+@click.option("--sub", "prompt_sub", required=True, help="p−, the prompt steered away from.")
+@click.option("--layer", type=int, required=True, help="Block whose input (resid_pre) is steered.")
+@click.option("--coeff", type=float, default=1.0, show_default=True, help="Coefficient stored with the vector.")
+@click.option("--model", default="embedded", show_default=True, help="`embedded`, a Hugging Face id or a local path.")
+@click.option("--pad-token", default=" ", show_default=True, help="Pads the shorter prompt (one token).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write.")
+@model_options
+def vector(prompt_add: str, prompt_sub: str, layer: int, coeff: float, model: str, pad_token: str, out: Path,
+           device: str, dtype: str) -> None:
+    """Extract one ActAdd steering vector and save it with its provenance.
+
+    \b
+    Example:
+      actadd-notes vector --add Love --sub Hate --layer 6 --coeff 4 --out love-hate-L6.safetensors
+    """
+    from actadd_notes.steering.models import load_model
+    from actadd_notes.steering.vectors import ActAdd
+
+    _quiet_transformers()
+    lm = load_model(model, device=device, dtype=dtype)
+    steering = lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff, pad_token))
+    steering.save(out)
+    norms = ", ".join(f"{n:.1f}" for n in steering.vector.float().norm(dim=-1).tolist())
+    click.echo(f"{out}: {steering.positions} position(s) × {steering.vector.shape[-1]}, layer {layer}, norms {norms}")
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@model_options
+@json_option
+def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None:
+    """Copy the example vault to DIRECTORY (default: a new temp folder) and run its experiment.
+
+    Uses the embedded SmolLM2-135M-Instruct; on a 2-core CPU the example sweep takes a few
+    minutes. Open DIRECTORY in Obsidian afterwards: result note, plots, journal, literature.
+    """
+    from actadd_notes._resources import shipped_dir
+    from actadd_notes.jobs import DONE, QUEUED, spec_notes
+    from actadd_notes.vault.config import VaultConfig
+
+    target = directory or Path(tempfile.mkdtemp(prefix="actadd-demo-")) / "vault"
+    if target.exists() and any(target.iterdir()):
+        raise click.ClickException(f"{target} is not empty: give a new folder")
+    shutil.copytree(shipped_dir("vault_example"), target, dirs_exist_ok=True)
+    config = VaultConfig.load(target.resolve())
+    runner = _runner(config, device, dtype)
+    outcomes = [_run_one(runner, note) for note, status in spec_notes(config) if status == QUEUED]
+    if as_json:
+        click.echo(json.dumps({"vault": str(target), "runs": [
+            {"note": str(o.note), "status": o.status, "result_note": str(o.result_note) if o.result_note else None,
+             "summary": o.summary, "error": o.error} for o in outcomes]}))
+    else:
+        for outcome in outcomes:
+            _report(outcome, config, as_json=False)
+        click.echo(f"vault: {target}  (open it in Obsidian: Open folder as vault)")
+    if not outcomes or any(o.status != DONE for o in outcomes):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@vault_option
+@json_option
+def doctor(vault: Path | None, as_json: bool) -> None:
+    """Check what actadd-notes needs: torch and GPU, model cache, embedded model, vault, Zotero."""
+    from actadd_notes.doctor import checks
+
+    results = checks(vault)
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in results]))
+    else:
+        for r in results:
+            click.echo(f"{'ok ' if r.ok else '!! '} {r.name}: {r.detail}")
+    if not all(r.ok or not r.required for r in results):
+        sys.exit(EXIT_FAILED)
+
+
+def main() -> None:
+    cli(prog_name="actadd-notes")
