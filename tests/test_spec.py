@@ -420,7 +420,7 @@ def test_spec_hash_ignores_order_defaults_and_bookkeeping():
     reordered, _ = parse_spec(dict(reversed(list(props.items()))))
     explicit, _ = parse_spec(props | {"top_k": 0, "pad_token": " ", "position": "front", "coeff": [1.0, 2.0, 4.0, 8.0]})
     bookkeeping, _ = parse_spec(
-        props | {"status": "done", "literature": [], "colour": "red", "max_generations": 10**6, "trials": 99}
+        props | {"status": "done", "literature": [], "colour": "red", "max_generations": 10**6, "trials": 99, "batch_size": 8}
     )
     assert len(spec.spec_hash()) == 64
     assert spec.spec_hash() == reordered.spec_hash() == explicit.spec_hash() == bookkeeping.spec_hash()
@@ -432,7 +432,6 @@ def test_spec_hash_ignores_order_defaults_and_bookkeeping():
         {"coeff": [1, 2, 4, 16]},
         {"seed": 1},
         {"prompts": ["I hate you because"]},
-        {"batch_size": 8},
         {"metrics": ["profanity"]},
     ],
 )

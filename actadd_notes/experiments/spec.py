@@ -49,7 +49,7 @@ Every key, with its default (an empty property counts as absent):
 | `literature` | `[]` | wiki links to literature notes, kept as written |
 
 Other keys are kept in `ExperimentSpec.unknown` and draw a warning, except Obsidian's own
-`type`, `tags`, `aliases` and `cssclasses`.
+`type`, `tags`, `aliases` and `cssclasses`, and the scaffold's `created`.
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ SPEC_KEYS: frozenset[str] = frozenset(
         "extra_additions", "literature",
     }
 )  # fmt: skip
-# Obsidian's own properties: kept in `unknown`, but not worth a warning on every note.
-_QUIET_KEYS = frozenset({"type", "tags", "aliases", "cssclasses"})
-# Keys that change no completion and no score: left out of spec_hash.
-_UNHASHED = ("literature", "max_generations")
+# Obsidian's own properties (and the scaffold's `created`): kept in `unknown`, not worth a warning.
+_QUIET_KEYS = frozenset({"type", "tags", "aliases", "cssclasses", "created"})
+# Keys that change no completion and no score (the sampler draws per row, whatever the batch): left out of spec_hash.
+_UNHASHED = ("literature", "max_generations", "batch_size")
 
 # Whole-number keys and their minimum; the property name is the field name.
 _WHOLE = {"samples": 1, "max_new_tokens": 1, "seed": 0, "top_k": 0, "batch_size": 1, "max_generations": 1}
@@ -175,7 +175,7 @@ class ExperimentSpec:
     def spec_hash(self) -> str:
         """sha256 of what decides the results, so reruns of an unchanged spec can be recognised.
 
-        `batch_size` is included: batching changes how the sampler's random stream is consumed.
+        `batch_size` is not: each row draws from its own seeded stream, whatever shares its batch.
         """
         data = self.to_dict()
         for key in _UNHASHED:

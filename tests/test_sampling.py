@@ -1,0 +1,184 @@
+"""Sampling: TransformerLens' frequency penalty, the counter-based noise, the seeded Gumbel
+sampler's distribution, greedy at temperature 0, and top-k / top-p supports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+from transformers import LogitsProcessorList
+
+import reference_actadd as ref
+from actadd_notes.errors import SteeringError
+from actadd_notes.steering.sampling import (
+    FrequencyPenalty,
+    Sampling,
+    SeededGumbelSampler,
+    logits_processors,
+    uniform_noise,
+)
+from tiny import tiny_lm, tiny_model, tiny_threads  # noqa: F401  (tiny_threads: autouse fixture)
+
+LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+PROBS = torch.softmax(LOGITS, dim=-1)
+
+
+def transformer_lens_freq_penalty(logits: torch.Tensor, tokens: list[torch.Tensor], penalty: float) -> torch.Tensor:
+    """TransformerLens `utils.sample_logits`: `logits[b] - freq_penalty * bincount(tokens[b])`."""
+    out = logits.clone()
+    for b in range(logits.shape[0]):
+        out[b] = out[b] - penalty * torch.bincount(tokens[b], minlength=logits.shape[-1])
+    return out
+
+
+def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    counts, probs = counts.double(), probs.double()
+    return float(stats.chisquare(counts.numpy(), (probs / probs.sum() * counts.sum()).numpy()).pvalue)
+
+
+def draws(processors, n_rows: int, logits: torch.Tensor = LOGITS, width: int = 4, pads=None) -> torch.Tensor:
+    """Apply a processor list to the same logits in n_rows rows; greedy argmax picks the token."""
+    input_ids = torch.zeros(n_rows, width, dtype=torch.long)
+    scores = logits.expand(n_rows, -1).clone()
+    return processors(input_ids, scores).argmax(dim=-1)
+
+
+# ------------------------------------------------------------------ frequency penalty
+def test_frequency_penalty_matches_transformer_lens_with_padding_excluded():
+    generator = torch.Generator().manual_seed(0)
+    vocab, width = 12, 10
+    input_ids = torch.randint(0, vocab, (3, width), generator=generator)
+    input_ids[1, 4] = input_ids[2, 7] = 0  # the pad id also occurs as a real token: it counts there
+    pads = [0, 3, 5]
+    for row, pad in enumerate(pads):
+        input_ids[row, :pad] = 0
+    scores = torch.randn(3, vocab, generator=generator)
+    got = FrequencyPenalty(0.7, pads)(input_ids, scores.clone())
+    want = transformer_lens_freq_penalty(scores, [input_ids[r, p:] for r, p in enumerate(pads)], 0.7)
+    assert torch.equal(got, want)
+
+
+def test_penalty_follows_temperature_as_in_transformer_lens():
+    input_ids = torch.tensor([[0, 0, 5, 5, 5, 2], [4, 4, 1, 5, 3, 3]])
+    pads = [2, 0]
+    scores = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    processors = logits_processors(Sampling(temperature=0.5, freq_penalty=1.5), seeds=[0, 1], pad_lengths=pads)
+    assert isinstance(processors[-1], SeededGumbelSampler)
+    penalised = LogitsProcessorList(processors[:-1])(input_ids, scores.clone())  # all before the sampler
+    want = transformer_lens_freq_penalty(scores / 0.5, [input_ids[0, 2:], input_ids[1]], 1.5)
+    assert torch.equal(penalised, want)
+
+
+# ------------------------------------------------------------------ counter-based noise
+def test_uniform_noise_is_uniform():
+    values = uniform_noise(torch.arange(200), 7, 500).flatten().numpy()
+    assert values.min() > 0 and values.max() < 1
+    assert stats.kstest(values, "uniform").pvalue > 0.01
+    # along positions for one seed and token as well
+    along = torch.cat([uniform_noise(torch.tensor([3]), position, 4)[0] for position in range(2_000)]).numpy()
+    assert stats.kstest(along, "uniform").pvalue > 0.01
+
+
+def test_uniform_noise_depends_only_on_seed_position_and_token():
+    batch = uniform_noise(torch.tensor([3, 9, 3]), 5, 50)
+    assert torch.equal(batch[0], batch[2])
+    assert torch.equal(batch[1], uniform_noise(torch.tensor([9]), 5, 50)[0])
+    assert torch.equal(uniform_noise(torch.tensor([3]), 5, 80)[:, :50], batch[:1])  # not on the vocab size
+    assert torch.equal(uniform_noise(torch.tensor([2**32 + 3]), 5, 50), batch[:1])  # seeds are 32-bit
+    per_row = uniform_noise(torch.tensor([3, 9]), torch.tensor([5, 8]), 50)
+    assert torch.equal(per_row[0], batch[0])
+    assert torch.equal(per_row[1], uniform_noise(torch.tensor([9]), 8, 50)[0])
+    assert not torch.isin(batch[0], uniform_noise(torch.tensor([3]), 6, 50)[0]).any()
+    assert not torch.isin(batch[0], batch[1]).any()
+    assert batch[0].unique().numel() == 50
+
+
+def test_gumbel_sampler_noise_ignores_left_padding():
+    """A row samples the same whatever its padding: noise is keyed by its own position."""
+    scores = torch.randn(2, 30, generator=torch.Generator().manual_seed(2))
+    padded = SeededGumbelSampler([4, 4], pad_lengths=[0, 3])
+    out = padded(torch.zeros(2, 9, dtype=torch.long), scores.clone())
+    alone = SeededGumbelSampler([4])(torch.zeros(1, 6, dtype=torch.long), scores[1:].clone())
+    assert torch.equal(out[1], alone[0])
+
+
+# ------------------------------------------------------------------ seeded Gumbel sampler
+def test_seeded_gumbel_frequencies_match_softmax():
+    n = 6_000
+    picks = draws(SeededGumbelSampler(range(n)), n)
+    assert chi_square_p(torch.bincount(picks, minlength=len(LOGITS)), PROBS) > 0.01
+    # one seed, many positions: the same distribution
+    sampler = SeededGumbelSampler([12345] * n, pad_lengths=range(n))
+    picks = draws(sampler, n, width=n + 1)
+    assert chi_square_p(torch.bincount(picks, minlength=len(LOGITS)), PROBS) > 0.01
+
+
+def test_seeded_gumbel_is_deterministic_per_seed():
+    first = draws(SeededGumbelSampler(range(100)), 100)
+    again = draws(SeededGumbelSampler(range(100)), 100)
+    shifted = draws(SeededGumbelSampler(range(1, 101)), 100)
+    assert torch.equal(first, again)
+    assert torch.equal(first[1:], shifted[:-1])
+
+
+# ------------------------------------------------------------------ temperature 0, top-k, top-p
+def test_temperature_zero_is_greedy():
+    assert len(logits_processors(Sampling(temperature=0, top_p=0.3, top_k=2, freq_penalty=1.0), [0], [0])) == 0
+    lm, twin = tiny_lm(), tiny_model()
+    prompt = "I hate you because"
+    want = ref.greedy(twin, lm.encode(prompt).ids, [], 10, lm.tokenizer.eos_token_id)
+    for seed in (0, 1):
+        for penalty in (0.0, 1.0):  # TransformerLens ignores the penalty when greedy
+            got = lm.complete([prompt], seed=seed, temperature=0, freq_penalty=penalty, max_new_tokens=10)[0]
+            assert list(got.token_ids) == want
+    assert list(lm.complete([prompt], top_k=1, max_new_tokens=10)[0].token_ids) == want
+
+
+def test_sampling_depends_on_the_seed():
+    lm = tiny_lm()
+    runs = [lm.complete(["I hate you because"], seed=s, max_new_tokens=10)[0].token_ids for s in (0, 0, 1)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "support"),
+    [
+        (Sampling(top_k=2), {0, 1}),
+        (Sampling(top_k=4), {0, 1, 2, 3}),
+        (Sampling(top_p=0.7), {0, 1}),
+        (Sampling(top_p=0.8), {0, 1, 2}),
+        (Sampling(top_p=0.8, top_k=2), {0, 1}),
+        (Sampling(temperature=0.5, top_p=0.8), {0}),
+        (Sampling(temperature=0.5, top_p=0.9), {0, 1}),
+    ],
+)
+def test_top_k_and_top_p_restrict_the_support(sampling, support):
+    n = 4_000
+    picks = draws(logits_processors(sampling, range(n), [0] * n), n)
+    assert set(picks.tolist()) == support
+    # inside the support, frequencies follow the renormalised (tempered) softmax
+    keep = sorted(support)
+    probs = torch.softmax(LOGITS / sampling.temperature, dim=-1)[keep]
+    if len(keep) > 1:
+        assert chi_square_p(torch.bincount(picks, minlength=len(LOGITS))[keep], probs) > 0.01
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"freq_penalty": float("nan")}, "freq_penalty"),
+        ({"freq_penalty": float("inf")}, "freq_penalty"),
+    ],
+)
+def test_bad_sampling_settings_are_refused(kwargs, message):
+    with pytest.raises(SteeringError, match=message):
+        Sampling(**kwargs)
+    with pytest.raises(SteeringError, match=message):
+        tiny_lm().complete(["Hi"], max_new_tokens=1, **kwargs)
