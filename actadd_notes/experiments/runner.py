@@ -164,11 +164,12 @@ class Evaluator:
         todo = list(settings)
         if self.baseline is None:
             todo.insert(0, Setting())
-        rows = [(s, i, k) for s in todo for i in range(len(spec.prompts)) for k in range(spec.samples)]
+        # rows carry their setting's position in `todo`: a search may propose one setting twice
+        rows = [(n, s, i, k) for n, s in enumerate(todo) for i in range(len(spec.prompts)) for k in range(spec.samples)]
         completions = self.lm.complete(
-            [spec.prompts[i] for _, i, _ in rows],
-            seeds=[self._seed(i, k) for _, i, k in rows],
-            steer=[self._additions(s) for s, _, _ in rows],
+            [spec.prompts[i] for _, _, i, _ in rows],
+            seeds=[self._seed(i, k) for _, _, i, k in rows],
+            steer=[self._additions(s) for _, s, _, _ in rows],
             max_new_tokens=spec.max_new_tokens,
             chat=spec.chat,
             position=spec.position,
@@ -186,12 +187,12 @@ class Evaluator:
         prompts = [c.prompt for c in completions]
         for metric in self.metrics:
             scores[metric.name] = metric.score(prompts, texts)
-        for index, (setting, prompt_index, sample) in enumerate(rows):
+        for index, (_, setting, prompt_index, sample) in enumerate(rows):
             row_scores = {name: values[index] for name, values in scores.items()}
             self.samples.append(Sample(setting, prompt_index, sample, completions[index], row_scores))
         results = []
-        for setting in todo:
-            picked = [n for n, (s, _, _) in enumerate(rows) if s == setting]
+        for position, setting in enumerate(todo):
+            picked = [index for index, row in enumerate(rows) if row[0] == position]
             per_setting = {name: [values[n] for n in picked] for name, values in scores.items()}
             if "kl" in spec.metrics:
                 per_setting["kl"] = self._kl(setting)
@@ -255,6 +256,8 @@ def run_experiment(
     started = time.perf_counter()
     evaluator = Evaluator(spec, lm, progress=progress, cancelled=cancelled, total_rows=estimate.generations)
     objective = spec.objective or "sentiment"
+    if objective == "fluency":  # fluency is scored as perplexity
+        objective = PERPLEXITY
     if spec.search == "bayes":
         settings, trials, trials_to_best = run_bayes(spec, evaluator, objective)
     else:
@@ -295,9 +298,11 @@ def findings(result: ExperimentResult) -> list[str]:
     rejected = [s for s in result.settings if s.rejected]
     if rejected:
         worst = max(rejected, key=lambda s: s.perplexity_ratio)
+        labels = ", ".join(s.setting.label for s in rejected)
         lines.append(
             f"{len(rejected)} of {len(result.settings)} settings failed the fluency guard (perplexity > "
-            f"{spec.max_perplexity_ratio:g}× baseline); worst {worst.setting.label} at {worst.perplexity_ratio:.1f}×."
+            f"{spec.max_perplexity_ratio:g}× baseline): {labels}; worst {worst.setting.label} at "
+            f"{worst.perplexity_ratio:.1f}×."
         )
     if result.best is None:
         lines.append("No setting passed the fluency guard: no best setting.")
@@ -337,7 +342,7 @@ def vector_diagnostics(spec: ExperimentSpec, lm: SteerableLM, settings: Sequence
     Small models carry huge activations at the first position and at lone pad tokens; those
     positions then dominate a vector, and a researcher has to see it.
     """
-    layers = sorted({s.setting.layer for s in settings} | {a.layer for a in spec.extra_additions})
+    layers = sorted({s.setting.layer for s in settings})  # the main vector only where it was applied
     pairs = [(spec.prompt_add, spec.prompt_sub, layers)] + [(a.add, a.sub, [a.layer]) for a in spec.extra_additions]
     prompt_norms = []
     for prompt in spec.prompts:

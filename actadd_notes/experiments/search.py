@@ -32,10 +32,14 @@ def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tup
     from actadd_notes.experiments.runner import Setting
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna 5 deprecates constraints_func (a FutureWarning) for Trial.set_constraint; 4.x lacks the latter
+    per_trial = hasattr(optuna.trial.Trial, "set_constraint")
     sampler = optuna.samplers.TPESampler(
         seed=spec.seed,
         n_startup_trials=min(8, max(2, (spec.trials or 20) // 3)),
-        constraints_func=lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio],
+        constraints_func=None if per_trial else (
+            lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio]
+        ),
         constant_liar=True,
     )
     study = optuna.create_study(direction=spec.direction, sampler=sampler)
@@ -48,14 +52,19 @@ def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tup
         settings = [
             Setting(
                 t.suggest_int("layer", layer_lo, layer_hi),
-                round(t.suggest_float("coeff", coeff_lo, coeff_hi, log=spec.coeff_scale == "log"), 4),
+                _readable(t.suggest_float("coeff", coeff_lo, coeff_hi, log=spec.coeff_scale == "log"), coeff_lo, coeff_hi),
             )
             for t in asked
         ]
         for trial, result in zip(asked, evaluator.evaluate(settings)):
             value = result.objective(objective)
             trial.set_user_attr(_RATIO, result.perplexity_ratio)
-            study.tell(trial, value)
+            if per_trial:
+                trial.set_constraint(_RATIO, result.perplexity_ratio - spec.max_perplexity_ratio)
+            if value is None:  # no finite score to report: a failed trial, not a crash
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, value)
             results.append(result)
             log.append({
                 "number": trial.number,
@@ -66,6 +75,12 @@ def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tup
                 "feasible": not result.rejected,
             })
     return results, log, _trials_to_best(log, spec.direction)
+
+
+def _readable(coeff: float, low: float, high: float) -> float:
+    """4 significant digits, kept inside [low, high]: rounding to decimals would turn a small
+    log-scale coefficient into 0."""
+    return min(max(float(f"{coeff:.4g}"), low), high)
 
 
 def _trials_to_best(log: list[dict[str, Any]], direction: str) -> int | None:

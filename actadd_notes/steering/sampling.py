@@ -15,6 +15,7 @@ reproduce single runs, and a steered row and its baseline use the same random nu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,13 +44,21 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _row_base(seeds: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
+    return _mix32(_mix32(_mul32(seeds.to(torch.int64) & _MASK32, 0x9E3779B1) + positions) ^ 0x5BD1E995)
+
+
+def _unit(base: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """U(0,1) for each (row base, token) pair, elementwise with broadcasting."""
+    bits = _mix32(base ^ _mix32(tokens + 0x68E31DA4))
+    return (bits.to(torch.float64) + 0.5) / 2**32
+
+
 def uniform_noise(seeds: torch.Tensor, position: int | torch.Tensor, vocab: int) -> torch.Tensor:
     """U(0,1) of shape [rows, vocab] determined by each row's seed and the absolute position
     (one int for all rows, or a [rows] tensor)."""
-    base = _mix32(_mix32(_mul32(seeds.to(torch.int64) & _MASK32, 0x9E3779B1) + position) ^ 0x5BD1E995)
     tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
-    bits = _mix32(base[:, None] ^ _mix32(tokens[None, :] + 0x68E31DA4))
-    return (bits.to(torch.float64) + 0.5) / 2**32
+    return _unit(_row_base(seeds, position)[:, None], tokens[None, :])
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,13 @@ class SeededGumbelSampler(LogitsProcessor):
         log_probs = torch.log_softmax(scores.float(), dim=-1)
         # the row's own position, left padding not counted: the same whatever else shares the batch
         positions = input_ids.shape[1] - self.pad_lengths.to(scores.device)
-        noise = uniform_noise(self.seeds.to(scores.device), positions, scores.shape[-1])
-        gumbel = -torch.log(-torch.log(noise)).to(log_probs.dtype)
-        return log_probs + gumbel
+        base = _row_base(self.seeds.to(scores.device), positions)
+        # noise only where a token can still be drawn: after top-p that is a handful per row
+        rows, tokens = torch.nonzero(torch.isfinite(log_probs), as_tuple=True)
+        gumbel = -torch.log(-torch.log(_unit(base[rows], tokens))).to(log_probs.dtype)
+        sampled = torch.full_like(log_probs, -math.inf)
+        sampled[rows, tokens] = log_probs[rows, tokens] + gumbel
+        return sampled
 
 
 def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Sequence[int]) -> LogitsProcessorList:

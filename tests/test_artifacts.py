@@ -1,0 +1,213 @@
+"""Artifacts of a run on a tiny random model: results.json, completions.csv, PNG plots and the
+steering vectors, all as bytes."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+
+import matplotlib.image
+import pytest
+import torch
+
+from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, render_artifacts
+from actadd_notes.experiments.runner import SCHEMA, run_experiment
+from actadd_notes.experiments.spec import parse_spec
+from actadd_notes.steering import ActAdd, SteeringVector
+from tiny import tiny_lm
+from tiny import tiny_threads  # noqa: F401  (autouse: tiny models run on one thread)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PROMPTS = ["I hate you because", "The weather today is nice and"]
+EXTRA = {"add": "Happy people", "sub": "Sad", "layer": 1, "coeff": 0.5}
+
+
+def spec_of(**overrides):
+    properties = {
+        "prompt_add": "Love",
+        "prompt_sub": "Hate",
+        "layer": [0, 2],
+        "coeff": [0.5, 1, 8],
+        "prompts": PROMPTS,
+        "samples": 2,
+        "max_new_tokens": 5,
+        "metrics": ["sentiment", "profanity", "kl"],
+        **overrides,
+    }
+    return parse_spec(properties)[0]
+
+
+def strict_json(data: bytes):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in results.json")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def pngs(files: dict[str, bytes]) -> set[str]:
+    return {name for name in files if name.endswith(".png")}
+
+
+def check_png(name: str, data: bytes) -> None:
+    assert data.startswith(PNG_SIGNATURE), name
+    image = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_lm("llama")
+
+
+@pytest.fixture(scope="module")
+def grid(llama):
+    return run_experiment(spec_of(extra_additions=[EXTRA]), llama)
+
+
+@pytest.fixture(scope="module")
+def grid_files(grid, llama):
+    return render_artifacts(grid, llama)
+
+
+@pytest.fixture(scope="module")
+def bayes(llama):
+    return run_experiment(spec_of(search="bayes", layer=[0, 2], coeff=[-2, 4], trials=8, metrics=["profanity"], samples=3), llama)
+
+
+# ------------------------------------------------------------------ results.json
+def test_results_json_is_versioned_strict_json(grid, grid_files):
+    data = strict_json(grid_files[RESULTS])
+    assert data["schema"] == SCHEMA == "actadd-notes/results/v1"
+    assert data["spec_hash"] == grid.spec.spec_hash()
+    assert data["search"] == "grid"
+    assert data["objective"] == {"metric": "sentiment", "direction": "maximize"}
+    assert data["max_perplexity_ratio"] == 1.5
+    assert parse_spec(data["spec"])[0] == grid.spec  # the spec reads back
+
+
+def test_results_json_holds_baseline_settings_cis_and_findings(grid, grid_files):
+    data = strict_json(grid_files[RESULTS])
+    assert data["baseline"]["label"] == "baseline" and data["baseline"]["layer"] is None
+    assert [(s["layer"], s["coeff"]) for s in data["settings"]] == [(s.setting.layer, s.setting.coeff) for s in grid.settings]
+    for setting in data["settings"]:
+        assert set(setting["metrics"]) == {"perplexity", "sentiment", "profanity", "kl"}
+        for summary in setting["metrics"].values():
+            assert {"mean", "ci_low", "ci_high", "n"} <= set(summary)
+        assert setting["differences"]["sentiment"]["method"] == "welch"
+        assert isinstance(setting["rejected"], bool)
+    assert data["best"]["label"] == grid.best.setting.label
+    assert data["findings"] == grid.findings and data["findings"]
+    assert data["examples"]["baseline"] and data["examples"]["best"]
+    assert data["reproducibility"]["weights_fingerprint"] == grid.reproducibility["weights_fingerprint"]
+    diagnostics = data["diagnostics"]
+    assert [(d["prompt_add"], d["layer"]) for d in diagnostics] == [("Love", 0), ("Love", 2), ("Happy people", 1)]
+    assert all(len(d["vector_norms"]) == len(d["tokens_add"]) for d in diagnostics)
+
+
+def test_non_finite_numbers_are_written_as_null(grid, llama):
+    broken = copy.deepcopy(grid)
+    broken.settings[-1].perplexity_ratio = math.inf
+    broken.settings[-1].rejected = True
+    broken.diagnostics.append({"note": math.nan})
+    files = render_artifacts(broken, llama)
+    data = strict_json(files[RESULTS])
+    assert data["settings"][-1]["perplexity_ratio"] is None
+    assert data["diagnostics"][-1] == {"note": None}
+    for name in pngs(files):
+        check_png(name, files[name])
+
+
+# ------------------------------------------------------------------ completions.csv
+def test_completions_csv_has_one_row_per_sample(grid, grid_files):
+    rows = list(csv.reader(io.StringIO(grid_files[COMPLETIONS].decode())))
+    header, body = rows[0], rows[1:]
+    assert header == ["setting", "layer", "coeff", "prompt", "sample", "seed", "completion", "perplexity", "sentiment", "profanity"]
+    assert len(body) == len(grid.samples) == (len(grid.settings) + 1) * len(PROMPTS) * 2
+    for row, sample in zip(body, grid.samples):
+        record = dict(zip(header, row))
+        assert record["setting"] == sample.setting.label
+        assert record["prompt"] == sample.completion.prompt
+        assert record["completion"] == sample.completion.text  # csv quoting keeps newlines and commas
+        assert int(record["seed"]) == sample.completion.seed
+        assert float(record["sentiment"]) == pytest.approx(sample.scores["sentiment"], abs=1e-6)
+        if math.isfinite(sample.scores["perplexity"]):
+            assert float(record["perplexity"]) == pytest.approx(sample.scores["perplexity"], rel=1e-5)
+        else:
+            assert record["perplexity"] == ""
+    baseline = [dict(zip(header, r)) for r in body if r[0] == "baseline"]
+    assert {(r["layer"], r["coeff"]) for r in baseline} == {("", "")}
+
+
+# ------------------------------------------------------------------ plots
+def test_a_grid_gets_a_heatmap_metric_plots_and_objective_vs_fluency(grid_files):
+    assert pngs(grid_files) == {
+        "heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "profanity-vs-coeff.png",
+        "kl-vs-coeff.png", "objective-vs-fluency.png",
+    }
+    for name in pngs(grid_files):
+        check_png(name, grid_files[name])
+
+
+def test_only_bayes_gets_the_trial_history(bayes, llama, grid_files):
+    assert "trials.png" not in grid_files
+    files = render_artifacts(bayes, llama)
+    assert "trials.png" in files and "heatmap.png" not in files
+    assert pngs(files) == {"trials.png", "profanity-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"}
+    for name in pngs(files):
+        check_png(name, files[name])
+    data = strict_json(files[RESULTS])
+    assert len(data["trials"]) == 8 and data["trials_to_best"] == bayes.trials_to_best
+
+
+def test_a_trial_without_a_value_still_plots(bayes):
+    from actadd_notes.experiments.artifacts import plots
+
+    broken = copy.deepcopy(bayes)
+    broken.trials[0]["value"] = None
+    check_png("trials.png", plots(broken)["trials.png"])
+
+
+def test_a_single_setting_gets_no_heatmap(llama):
+    result = run_experiment(spec_of(layer=2, coeff=1, metrics=["sentiment"]), llama)
+    files = render_artifacts(result)
+    assert pngs(files) == {"sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"}
+
+
+def test_rendering_is_deterministic(grid, llama, grid_files):
+    again = render_artifacts(grid, llama)
+    assert again.keys() == grid_files.keys()
+    # safetensors files are left out: their header's key order may change from one save to the next
+    assert {n: b for n, b in again.items() if not n.endswith(".safetensors")} == {
+        n: b for n, b in grid_files.items() if not n.endswith(".safetensors")
+    }
+
+
+# ------------------------------------------------------------------ vectors
+def test_vectors_are_saved_with_provenance(grid, grid_files, llama, tmp_path):
+    layer = grid.best.setting.layer
+    assert {n for n in grid_files if n.endswith(".safetensors")} == {f"vector-L{layer}.safetensors", "vector-extra1-L1.safetensors"}
+    for name, (add, sub, at) in {
+        f"vector-L{layer}.safetensors": ("Love", "Hate", layer),
+        "vector-extra1-L1.safetensors": ("Happy people", "Sad", 1),
+    }.items():
+        (tmp_path / name).write_bytes(grid_files[name])
+        saved = SteeringVector.load(tmp_path / name)
+        assert (saved.prompt_add, saved.prompt_sub, saved.layer, saved.coeff) == (add, sub, at, 1.0)  # unscaled
+        assert saved.provenance["model"] == "tiny-llama"
+        assert saved.provenance["weights_fingerprint"] == llama.fingerprint()
+        expected = llama.steering_vector(ActAdd(add, sub, at))
+        assert torch.equal(saved.vector, expected.vector)
+        assert (saved.add_ids, saved.sub_ids) == (expected.add_ids, expected.sub_ids)
+
+
+def test_no_lm_or_no_best_means_no_vectors(grid, llama):
+    assert not [n for n in render_artifacts(grid) if n.endswith(".safetensors")]
+    nothing = copy.deepcopy(grid)
+    nothing.best = None
+    files = render_artifacts(nothing, llama)
+    assert not [n for n in files if n.endswith(".safetensors")]
+    assert strict_json(files[RESULTS])["best"] is None
+
