@@ -215,11 +215,16 @@ class SteerableLM:
             provenance={**self.provenance(), "prepend_bos": str(self.prepend_bos)},
         )
 
-    def _resolve(self, additions: Sequence[Addition]) -> tuple[SteeringVector, ...]:
+    def _resolve(self, additions: Sequence[Addition], memo: dict[ActAdd, SteeringVector] | None = None) -> tuple[SteeringVector, ...]:
+        """ActAdds become vectors; `memo` makes equal ActAdds share one vector object, which the
+        hooks use to steer all rows of a setting with one indexed add."""
+        memo = {} if memo is None else memo
         resolved = []
         for addition in additions:
             if isinstance(addition, ActAdd):
-                resolved.append(self.steering_vector(addition))
+                if addition not in memo:
+                    memo[addition] = self.steering_vector(addition)
+                resolved.append(memo[addition])
             elif isinstance(addition, SteeringVector):
                 self.check_layer(addition.layer)
                 if addition.vector.shape[-1] != self.model.get_input_embeddings().weight.shape[-1]:
@@ -245,11 +250,12 @@ class SteerableLM:
         if len(steer) != rows:
             raise SteeringError(f"steer gives {len(steer)} per-row entries for {rows} prompts; they must match")
         per_row = []
+        memo: dict[ActAdd, SteeringVector] = {}
         for index, entry in enumerate(steer):
             if entry is None:
                 per_row.append(())
             elif isinstance(entry, (list, tuple)):
-                per_row.append(self._resolve(entry))
+                per_row.append(self._resolve(entry, memo))
             else:
                 raise SteeringError(f"steer[{index}]: per-row entries are None or a list of additions; wrap it in a list")
         return per_row
