@@ -8,9 +8,10 @@ frequency penalty, top-k, top-p.
 `SeededGumbelSampler` makes sampling a function of (row seed, position, token) alone:
 it adds Gumbel noise from a counter-based hash to the filtered log-probabilities and lets
 greedy decoding take the argmax, which draws exactly from the filtered distribution.
-A row therefore samples the same way whatever else shares its batch — batched sweeps
-reproduce single runs, and a steered row and its baseline use the same random numbers
-(common random numbers: the comparison's noise shrinks).
+A row therefore samples the same way whatever else shares its batch — in float32 batched
+sweeps reproduce single runs token for token (in bf16 on a GPU, matrix results depend on the
+batch shape, so near-ties can fall the other way) — and a steered row and its baseline use
+the same random numbers (common random numbers: the comparison's noise shrinks).
 """
 
 from __future__ import annotations
