@@ -117,12 +117,18 @@ class SeededGumbelSampler(LogitsProcessor):
         # the row's own position, left padding not counted: the same whatever else shares the batch
         positions = input_ids.shape[1] - self.pad_lengths.to(scores.device)
         base = _row_base(self.seeds.to(scores.device), positions)
-        # noise only where a token can still be drawn: after top-p that is a handful per row
+        if scores.device.type != "cpu":  # dense: cheap on an accelerator, and its cost does not depend on the text
+            tokens = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64)
+            return log_probs + _gumbel(_unit(base[:, None], tokens[None, :]))
+        # on the CPU, noise only where a token can still be drawn: after top-p a handful per row
         rows, tokens = torch.nonzero(torch.isfinite(log_probs), as_tuple=True)
-        gumbel = -torch.log(-torch.log(_unit(base[rows], tokens))).to(log_probs.dtype)
         sampled = torch.full_like(log_probs, -math.inf)
-        sampled[rows, tokens] = log_probs[rows, tokens] + gumbel
+        sampled[rows, tokens] = log_probs[rows, tokens] + _gumbel(_unit(base[rows], tokens))
         return sampled
+
+
+def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    return (-torch.log(-torch.log(uniform))).to(torch.float32)
 
 
 def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Sequence[int]) -> LogitsProcessorList:
