@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -58,11 +59,28 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def _check_device(device: str, dtype: str) -> None:
+    """Refuse --device/--dtype this machine cannot use before any model loads or note changes."""
+    import torch
+
+    from actadd_notes.steering.models import resolve_device, resolve_dtype
+
+    target = resolve_device(device)
+    resolve_dtype(dtype, target)
+    mps = getattr(torch.backends, "mps", None)
+    present = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
+    if not present.get(target.type, True):
+        raise click.ClickException(f"--device {device}: this machine has no {target.type} device (torch "
+                                   f"{torch.__version__}); use auto or cpu")
+
+
 def _runner(config, device: str, dtype: str):
     from actadd_notes.jobs import JobRunner, ModelPool
 
+    _check_device(device, dtype)
     _quiet_transformers()
-    return JobRunner(config, models=ModelPool(device=device, dtype=dtype))
+    announce = lambda line: click.echo(line, err=True)  # noqa: E731
+    return JobRunner(config, models=ModelPool(announce=announce, device=device, dtype=dtype))
 
 
 class _ProgressBar:
@@ -71,7 +89,8 @@ class _ProgressBar:
     def __init__(self, description: str):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=0, desc=description, unit="gen", leave=False, file=sys.stderr)
+        # disable=None: no bar when stderr is no terminal (a log file, a script)
+        self.bar = tqdm(total=0, desc=description, unit="gen", leave=False, file=sys.stderr, disable=None)
 
     def __call__(self, done: int, total: int, stage: str) -> None:
         self.bar.total = total
@@ -160,7 +179,8 @@ def run(spec: Path, vault: Path | None, device: str, dtype: str, as_json: bool) 
 @cli.command()
 @click.argument("vault", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="ACTADD_NOTES_VAULT")
 @click.option("--poll", is_flag=True, help="Poll for changes (synced or network drives) instead of OS events.")
-@click.option("--debounce-ms", default=1600, show_default=True, help="Wait this long for a note to settle after a save.")
+@click.option("--debounce-ms", default=1600, show_default=True, type=click.IntRange(min=1),
+              help="Wait this long for a note to settle after a save.")
 @model_options
 def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: str) -> None:
     """Watch VAULT and run every spec note whose status is `queued`, one at a time.
@@ -185,7 +205,11 @@ def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: 
     try:
         watcher = Watcher(_runner(config, device, dtype), debounce_ms=debounce_ms, force_polling=poll, stop_event=stop,
                           log=lambda line: click.echo(f"{datetime.now():%H:%M:%S} {line}", err=True))
-        watcher.serve()
+        with warnings.catch_warnings():
+            # watchdog warns, at length, when a new folder tree (a run's artifacts) gets a watch
+            # twice; harmless, and not the user's business
+            warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
+            watcher.serve()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -281,6 +305,7 @@ def vector(prompt_add: str, prompt_sub: str, layer: int, coeff: float, model: st
     from actadd_notes.steering.models import load_model
     from actadd_notes.steering.vectors import ActAdd
 
+    _check_device(device, dtype)
     _quiet_transformers()
     lm = load_model(model, device=device, dtype=dtype)
     steering = lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff, pad_token))
@@ -298,6 +323,11 @@ def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None
 
     Uses the embedded SmolLM2-135M-Instruct; on a 2-core CPU the example sweep takes a few
     minutes. Open DIRECTORY in Obsidian afterwards: result note, plots, journal, literature.
+    DIRECTORY must be new or empty.
+
+    \b
+    Example:
+      actadd-notes demo ~/actadd-demo --json
     """
     from actadd_notes._resources import shipped_dir
     from actadd_notes.jobs import DONE, QUEUED, spec_notes
@@ -326,7 +356,14 @@ def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None
 @vault_option
 @json_option
 def doctor(vault: Path | None, as_json: bool) -> None:
-    """Check what actadd-notes needs: torch and GPU, model cache, embedded model, vault, Zotero."""
+    """Check what actadd-notes needs: torch and GPU, model cache, embedded model, vault, Zotero.
+
+    Exit status 1 when a required check fails (optional ones, such as Zotero, only warn).
+
+    \b
+    Example:
+      actadd-notes doctor --vault ~/Documents/vault --json
+    """
     from actadd_notes.doctor import checks
 
     results = checks(vault)

@@ -1,6 +1,6 @@
 """One experiment note, end to end: the wiring between the engine, the experiments and the vault.
 
-Both `actadd-notes run` and the watcher call `run_note`. The note's `status` property is
+Both `actadd-notes run` and the watcher call `JobRunner.run`. The note's `status` property is
 the job's state machine, written only by the tool:
 
     queued → running → done | failed | cancelled     (the user sets `cancelled` to stop a run)
@@ -13,6 +13,7 @@ line and literature links instead of duplicates.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import subprocess
 import time
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actadd_notes.errors import ActaddError, Cancelled, note_context
+from actadd_notes.errors import ActaddError, Cancelled, SpecError, note_context
 from actadd_notes.experiments.spec import ExperimentSpec, parse_spec
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.journal import append_journal_entry, journal_entry
@@ -41,6 +42,7 @@ ERROR_REGION = "actadd-error"
 PROGRESS_EVERY_S = 5.0
 
 Progress = Callable[[int, int, str], None]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,21 @@ class ModelPool:
     """Keeps the last model loaded, so consecutive jobs on the same model don't reload it
     (one at a time: GPU memory is the scarce thing)."""
 
-    def __init__(self, loader: Callable[..., SteerableLM] | None = None, **options: Any):
+    def __init__(self, loader: Callable[..., SteerableLM] | None = None, *, announce: Callable[[str], None] | None = None,
+                 **options: Any):
         self._loader = loader
+        self._announce = announce
         self._options = options
         self._name: str | None = None
         self._lm: SteerableLM | None = None
 
     def get(self, name: str) -> SteerableLM:
-        if self._name != name:
-            self._lm = None  # free the old one first
+        if self._name != name or self._lm is None:
+            # Free the old one first; until the new one is in, no name matches, so a failed
+            # load cannot leave the old name pointing at no model.
+            self._name = self._lm = None
+            if self._announce is not None:
+                self._announce(f"loading model {name}…")
             loader = self._loader
             if loader is None:
                 from actadd_notes.steering.models import load_model as loader
@@ -180,9 +188,15 @@ class JobRunner:
         the user setting `status: cancelled` stops it and leaves it cancelled."""
         path = path.resolve()
         name = relative(self.config, path)
+        with note_context(name):
+            # A note whose properties cannot be parsed is never rewritten (VaultError), and a
+            # note that is no spec is refused before anything is written into it.
+            note = Note.read(path)
+            if not is_spec_note(note):
+                raise SpecError(f"{note.properties.get('type')!r} — an experiment note has type: {SPEC_TYPE}", key="type")
         try:
             with note_context(name):
-                note, spec, warnings = read_spec(self.config, path)
+                spec, warnings = parse_spec(dict(note.properties), note.body, note=name)
         except ActaddError as error:
             return self.fail(path, error)
         resumed = note.properties.get("status") == RUNNING and note.properties.get("run_id")
@@ -193,6 +207,8 @@ class JobRunner:
             with note_context(name):
                 lm = self.models.get(spec.model)
                 result = self._experiment(path, spec, lm, progress, interrupted or (lambda: False))
+                result.warnings.extend(warnings)
+                return self._publish(path, spec, lm, result, run_id, started)
         except Cancelled:
             if interrupted is not None and interrupted():
                 self.mark(path, QUEUED, progress=None, run_id=None, started=None)
@@ -201,8 +217,11 @@ class JobRunner:
             return JobOutcome(path, CANCELLED)
         except ActaddError as error:
             return self.fail(path, error)
-        result.warnings.extend(warnings)
-        return self._publish(path, spec, lm, result, run_id, started)
+        except Exception as error:  # a bug or a library failure: the note must not stay `running`
+            _log.error("%s: unexpected error", name, exc_info=error)
+            internal = ActaddError(f"internal error ({type(error).__name__}: {error}) — please report it")
+            internal.note = name
+            return self.fail(path, internal)
 
     def _experiment(self, path: Path, spec: ExperimentSpec, lm: SteerableLM, progress: Progress | None,
                     interrupted: Callable[[], bool]) -> ExperimentResult:
@@ -236,6 +255,17 @@ class JobRunner:
         from actadd_notes.vault.literature import citekeys_from_links, link_experiment
 
         config = self.config
+        literature = [str(x) for x in spec.literature]
+        # Literature notes first, so that a citekey no source knows is a warning in the result
+        # note (and results.json), not a failed run.
+        citekeys, warnings = [], []
+        for citekey in citekeys_from_links(literature):
+            try:
+                self._ensure_literature(citekey)
+                citekeys.append(citekey)
+            except ActaddError as error:
+                warnings.append(f"literature {citekey}: {error}")
+        result.warnings.extend(warnings)
         stem = safe_filename(path.stem)
         folder = config.path(config.artifacts_folder, f"{stem} {run_id}")
         files = render_artifacts(result, lm)
@@ -244,7 +274,6 @@ class JobRunner:
         links = {name: relative(config, folder / name) for name in files}
         result_path = config.path(config.results_folder, f"{stem} {run_id}.md")
         effect = _effect(result)
-        literature = [str(x) for x in spec.literature]
         context = {
             "run": {
                 "run_id": run_id, "date": started.isoformat(), "spec_link": relative(config, path),
@@ -267,11 +296,9 @@ class JobRunner:
         result_link = relative(config, result_path)
         summary = one_line_summary(result)
         self._journal(path, result_link, summary)
-        warnings = []
-        for citekey in citekeys_from_links(literature):
+        target = result_link.removesuffix(".md")
+        for citekey in citekeys:
             try:
-                self._ensure_literature(citekey)
-                target = result_link.removesuffix(".md")
                 link_experiment(config, citekey, run_link=target, line=f"- [[{target}|{path.stem} {run_id}]] — {summary}")
             except ActaddError as error:
                 warnings.append(f"literature {citekey}: {error}")
@@ -322,15 +349,20 @@ def _effect(result: ExperimentResult) -> str:
 def one_line_summary(result: ExperimentResult) -> str:
     metric = result.objective
     best = result.best
-    base = result.baseline.metrics[metric].mean
+    base = _number(result.baseline.metrics[metric].mean, ".3f")
     if best is None:
-        return f"no setting passed the fluency guard ({metric} baseline {base:.3f})"
+        return f"no setting passed the fluency guard ({metric} baseline {base})"
     diff = best.differences[metric]
-    verdict = "effect" if _effect(result) == "detected" else "no detectable effect"
+    verdict = {"detected": "effect", "unknown": "too few samples for a CI"}.get(_effect(result), "no detectable effect")
     return (
-        f"best {best.setting.label}: {metric} {best.metrics[metric].mean:.3f} vs baseline {base:.3f} "
-        f"(Δ {diff.estimate:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]; {verdict})"
+        f"best {best.setting.label}: {metric} {_number(best.metrics[metric].mean, '.3f')} vs baseline {base} "
+        f"(Δ {_number(diff.estimate, '+.3f')} [{_number(diff.ci_low, '+.3f')}, {_number(diff.ci_high, '+.3f')}]; {verdict})"
     )
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A statistic, or "n/a" where the data cannot give one (one sample: no CI)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def vault_commit(root: Path) -> str | None:

@@ -19,9 +19,22 @@ from actadd_notes.errors import ActaddError, VaultError
 from actadd_notes.jobs import QUEUED, RUNNING, JobOutcome, JobRunner, is_spec_note, relative, spec_notes
 from actadd_notes.vault.lock import JobClaims, VaultLock
 from actadd_notes.vault.notes import Note
-from actadd_notes.vault.watch import Change, NoteFilter, SelfWrites, watch_vault
+from actadd_notes.vault.watch import Change, NoteFilter, SelfWrites, WatchdogSource, watch_vault
 
 Log = Callable[[str], None]
+
+
+class _StartedSource(WatchdogSource):
+    """The real event source, telling the watcher when its watches are in place: the
+    start-up scan must come after that, or a note saved between the two is never seen."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        self.started.set()
 
 
 class Watcher:
@@ -49,6 +62,7 @@ class Watcher:
         self.pending: dict[Path, None] = {}  # insertion-ordered set of notes to run
         self.retry: dict[Path, float] = {}  # unreadable notes, checked again after the debounce
         self.outcomes: list[JobOutcome] = []
+        self._watch_error: ActaddError | None = None  # why the event thread stopped, if it failed
 
     # ----------------------------------------------------------------- start
     def startup(self, claims: JobClaims) -> None:
@@ -76,36 +90,53 @@ class Watcher:
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> list[JobOutcome]:
-        """Run until `stop_event` is set; returns the outcomes of the jobs it ran."""
+        """Run until `stop_event` is set; returns the outcomes of the jobs it ran.
+
+        Raises VaultError when the vault is locked by another watcher, or when watching
+        fails (the vault deleted, inotify limits), after putting the current job back."""
         with VaultLock(self.root), JobClaims(self.root) as claims:
             inbox: queue.Queue = queue.Queue()
-            events = threading.Thread(target=self._pump, args=(inbox,), name="actadd-watch", daemon=True)
+            source = _StartedSource(self.root, force_polling=self.force_polling)
+            events = threading.Thread(target=self._pump, args=(inbox, source), name="actadd-watch", daemon=True)
             events.start()
-            self.startup(claims)
-            self.log(f"watching {self.root} ({len(self.pending)} job(s) queued)")
             try:
+                while not source.started.wait(0.05) and events.is_alive():
+                    pass
+                if source.started.is_set():
+                    self.startup(claims)
+                    self.log(f"watching {self.root} ({len(self.pending)} job(s) queued)")
                 while not self.stop_event.is_set():
                     self._drain(inbox, timeout=0.1 if self.pending or self.retry else 0.5)
                     self._check_retries()
-                    if self.pending:
+                    if not self.root.is_dir():  # inotify misses it while our lock file is open in it
+                        self._stopped(VaultError(f"{self.root} was deleted or moved", path=self.root))
+                    elif self.pending:
                         self._run_next(claims)
             finally:
                 self.stop_event.set()
                 events.join(timeout=5)
+        if self._watch_error is not None:
+            raise self._watch_error
         return self.outcomes
 
-    def _pump(self, inbox: queue.Queue) -> None:
+    def _pump(self, inbox: queue.Queue, source: WatchdogSource) -> None:
         config = self.config
         note_filter = NoteFilter(ignore_paths=[config.path(config.results_folder), config.path(config.artifacts_folder)])
         try:
             for batch in watch_vault(
                 self.root, note_filter=note_filter, debounce_ms=self.debounce_ms, step_ms=self.step_ms,
-                stop_event=self.stop_event, force_polling=self.force_polling,
+                stop_event=self.stop_event, event_source=source,
             ):
                 inbox.put(batch)
-        except ActaddError as error:  # the vault vanished, inotify limits…
-            self.log(f"watching stopped: {error}")
-            self.stop_event.set()
+        except Exception as error:  # the vault vanished, inotify limits…: stop, and say why
+            self._stopped(error if isinstance(error, ActaddError) else VaultError(f"{type(error).__name__}: {error}"))
+
+    def _stopped(self, error: ActaddError) -> None:
+        """Watching failed: stop the loop; `serve` raises the error once it has cleaned up."""
+        if self._watch_error is None:
+            self._watch_error = VaultError(f"watching {self.root} stopped: {error}", path=self.root)
+            self.log(str(self._watch_error))
+        self.stop_event.set()
 
     def _drain(self, inbox: queue.Queue, timeout: float) -> None:
         try:
@@ -122,7 +153,7 @@ class Watcher:
         try:
             note = Note.read(path)
         except VaultError as error:  # half-written or invalid YAML: look again after the debounce
-            if path in self.retry:
+            if path in self.retry or not path.exists():  # (or deleted since the event)
                 return
             self.retry[path] = time.monotonic() + self.debounce_ms / 1000
             self.log(f"{relative(self.config, path)}: cannot read yet ({error}); trying again")
@@ -143,6 +174,8 @@ class Watcher:
             try:
                 Note.read(path)
             except VaultError as error:
+                if not path.exists():
+                    continue
                 # Never rewrite a note whose properties cannot be parsed: its words stay as typed.
                 self.log(f"{relative(self.config, path)}: {error} — fix the properties; the watcher goes on")
                 continue
@@ -168,5 +201,5 @@ class Watcher:
         finally:
             claims.release(path)
         self.outcomes.append(outcome)
-        detail = outcome.error or outcome.summary
+        detail = (outcome.error or outcome.summary).removeprefix(f"{name}: ")  # errors name the note already
         self.log(f"{outcome.status} {name}{': ' + detail if detail else ''}")
