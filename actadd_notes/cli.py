@@ -42,7 +42,7 @@ def model_options(function: Callable) -> Callable:
 
 
 def json_option(function: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print a JSON object for scripts instead of text.")(function)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")(function)
 
 
 def _config(vault: Path | None, start: Path | None = None):
@@ -102,11 +102,21 @@ class _ProgressBar:
 
 
 def _run_one(runner, note: Path):
+    """Run one note; Ctrl-C stops at the next batch and puts the note back to `queued`."""
     bar = _ProgressBar(note.stem)
+    stop = threading.Event()
+
+    def stop_now(signum, frame) -> None:
+        click.echo("\nstopping after the current batch…", err=True)
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, stop_now) if threading.current_thread() is threading.main_thread() else None
     try:
-        return runner.run(note, progress=bar)
+        return runner.run(note, progress=bar, interrupted=stop.is_set)
     finally:
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _report(outcome, config, as_json: bool) -> None:

@@ -111,13 +111,6 @@ def relative(config: VaultConfig, path: Path) -> str:
     return path.resolve().relative_to(config.root.resolve()).as_posix()
 
 
-def read_spec(config: VaultConfig, path: Path) -> tuple[Note, ExperimentSpec, list[str]]:
-    """Parse a spec note; errors name the note and the key."""
-    note = Note.read(path)
-    spec, warnings = parse_spec(dict(note.properties), note.body, note=relative(config, path))
-    return note, spec, warnings
-
-
 class JobRunner:
     """Runs spec notes of one vault, writing every output through the vault layer."""
 

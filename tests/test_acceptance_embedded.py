@@ -1,119 +1,91 @@
-"""Acceptance: the paper's Love − Hate example on the embedded SmolLM2-135M, as a note would spec it.
+"""Acceptance: the paper's Love − Hate example on the embedded SmolLM2-135M, as a note specs it.
 
-Layers {2, 4, 6, 8, 10} × coeff {1, 2, 4, 8}, 20 samples × 30 tokens of "I hate you because",
-sampled as in the paper (temperature 1, top_p 0.3, frequency penalty 1). The best setting's
-sentiment CI must lie entirely above the baseline's, and the fluency guard must reject the
-degenerate settings: at c = 8, layers 4–8 reach VADER ≈ 0.97 with text like "Love You, Love
-Me…" at about twice the baseline's perplexity.
+The example vault's spec: layers {2, 4, 6, 8, 10} × coeff {1, 2, 4, 8}, 20 samples × 30 tokens of
+"I hate you because", sampled as in the paper (temperature 1, top_p 0.3, frequency penalty 1).
+The best setting's sentiment CI must lie entirely above the baseline's, and the fluency guard
+must reject the degenerate settings: at c = 8, layers 4–8 reach VADER ≈ 0.97 with text like
+"Love You, Love Me…" at about 2–3× the baseline's perplexity.
 
-Slow on CPU (a few minutes: 420 completions, plus a ~25 s conversion of the model on the first
-load of the test session), so the run happens once for the module.
+The run is the README's main job, `actadd-notes demo` (the session's `demo_vault` fixture,
+minutes on 2 cores); these tests read the results.json and completions.csv it wrote, so the
+checks hold for exactly what a user gets.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import time
+from pathlib import Path
 
 import pytest
 
-from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, render_artifacts
-from actadd_notes.experiments.runner import PERPLEXITY, run_experiment
-from actadd_notes.experiments.spec import estimate_work, parse_spec
-from actadd_notes.steering import load_model
+from actadd_notes.vault.notes import Note
 
 pytestmark = pytest.mark.embedded
 
 LAYERS = [2, 4, 6, 8, 10]
 COEFFS = [1, 2, 4, 8]
-SPEC = {
-    "type": "actadd-experiment",
-    "model": "embedded",
-    "prompt_add": "Love",
-    "prompt_sub": "Hate",
-    "layer": LAYERS,
-    "coeff": COEFFS,
-    "prompts": ["I hate you because"],
-    "samples": 20,
-    "max_new_tokens": 30,
-    "seed": 0,
-    "temperature": 1.0,
-    "top_p": 0.3,
-    "freq_penalty": 1.0,
-    "metrics": ["sentiment"],
-    "objective": "sentiment",
-    "max_perplexity_ratio": 1.5,
-}
 
 
 @pytest.fixture(scope="module")
-def smollm(session_cache):
-    # module scope runs before the per-test autouse fixture that points the cache at
-    # `session_cache`, so point it there here too
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ACTADD_NOTES_CACHE_DIR", str(session_cache))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield load_model("embedded", device="cpu")
+def love_hate(demo_vault):
+    target, report = demo_vault
+    (run,) = report["runs"]
+    run_id = Note.read(Path(run["result_note"])).properties["run_id"]
+    folder = target / "Results" / "artifacts" / f"love-hate-sweep {run_id}"
+    results = json.loads((folder / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+    with (folder / "completions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return results, rows, folder
 
 
-@pytest.fixture(scope="module")
-def love_hate(smollm):
-    spec, warnings = parse_spec(SPEC)
-    assert warnings == []
-    started = time.perf_counter()
-    result = run_experiment(spec, smollm)
-    elapsed = time.perf_counter() - started
-    print(f"\nLove − Hate grid on {smollm.name}: {elapsed:.0f} s for {estimate_work(spec).generations} completions")
-    for s in [result.baseline, *result.settings]:
-        m = s.metrics["sentiment"]
-        print(f"  {s.setting.label:9} sentiment {m.mean:+.3f} [{m.ci_low:+.3f}, {m.ci_high:+.3f}]  "
-              f"perplexity {s.metrics[PERPLEXITY].mean:6.2f} ({s.perplexity_ratio:.2f}×){'  rejected' if s.rejected else ''}")
-    return result
-
-
-def by_label(result):
-    return {s.setting.label: s for s in result.settings}
+def by_label(results):
+    return {s["label"]: s for s in results["settings"]}
 
 
 def test_the_best_settings_sentiment_ci_lies_above_the_baselines(love_hate):
-    best, baseline = love_hate.best, love_hate.baseline
+    results, _, _ = love_hate
+    best, baseline = results["best"], results["baseline"]
     assert best is not None
-    assert best.metrics["sentiment"].ci_low > baseline.metrics["sentiment"].ci_high, love_hate.findings
-    assert best.differences["sentiment"].ci_low > 0
-    assert any("excludes 0" in line for line in love_hate.findings), love_hate.findings
+    assert best["metrics"]["sentiment"]["ci_low"] > baseline["metrics"]["sentiment"]["ci_high"], results["findings"]
+    assert best["differences"]["sentiment"]["ci_low"] > 0
+    assert any("excludes 0" in line for line in results["findings"]), results["findings"]
 
 
 def test_the_fluency_guard_rejects_the_degenerate_settings(love_hate):
-    settings = by_label(love_hate)
+    results, _, _ = love_hate
+    settings = by_label(results)
     assert len(settings) == len(LAYERS) * len(COEFFS)
     for label in ("L4 c8", "L6 c8", "L8 c8"):
-        assert settings[label].rejected, (label, settings[label].perplexity_ratio)
-    for s in love_hate.settings:
-        assert s.rejected == (s.perplexity_ratio > 1.5), s.setting.label
-    assert not love_hate.best.rejected
+        assert settings[label]["rejected"], (label, settings[label]["perplexity_ratio"])
+    for s in results["settings"]:
+        assert s["rejected"] == (s["perplexity_ratio"] > 1.5), s["label"]
+    assert not results["best"]["rejected"]
     # the degenerate settings score high: rejection is what keeps them from winning
-    assert max(s.objective("sentiment") for s in love_hate.settings if s.rejected) > love_hate.best.objective("sentiment")
+    rejected_best = max(s["metrics"]["sentiment"]["mean"] for s in results["settings"] if s["rejected"])
+    assert rejected_best > results["best"]["metrics"]["sentiment"]["mean"]
 
 
 def test_the_baseline_is_sampling_matched(love_hate):
-    baseline = [(s.prompt_index, s.sample, s.completion.seed) for s in love_hate.samples if s.setting.is_baseline]
-    assert len(baseline) == 20
-    for setting in love_hate.settings:
-        rows = [(s.prompt_index, s.sample, s.completion.seed) for s in love_hate.samples if s.setting == setting.setting]
-        assert rows == baseline, setting.setting.label
+    _, rows, _ = love_hate
+    seeds: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        seeds.setdefault(row["setting"], []).append((row["prompt"], row["sample"], row["seed"]))
+    baseline = seeds.pop("baseline")
+    assert len(baseline) == 20 and len(seeds) == 20
+    for label, setting_rows in seeds.items():
+        assert setting_rows == baseline, label
 
 
-def test_the_run_produces_every_artifact(love_hate, smollm):
-    files = render_artifacts(love_hate, smollm)
-    data = json.loads(files[RESULTS], parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
-    assert data["schema"] == "actadd-notes/results/v1"
-    assert data["best"]["label"] == love_hate.best.setting.label
-    assert len(list(csv.reader(io.StringIO(files[COMPLETIONS].decode())))) == 1 + 21 * 20  # header + one row per sample
-    assert {"heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"} <= set(files)
-    assert all(files[n].startswith(b"\x89PNG\r\n\x1a\n") for n in files if n.endswith(".png"))
-    assert f"vector-L{love_hate.best.setting.layer}.safetensors" in files
-    record = love_hate.reproducibility
+def test_the_run_produces_every_artifact(love_hate):
+    results, rows, folder = love_hate
+    assert results["schema"] == "actadd-notes/results/v1"
+    assert len(rows) == 21 * 20
+    for plot in ("heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"):
+        assert (folder / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (folder / f"vector-L{results['best']['layer']}.safetensors").is_file()
+    record = results["reproducibility"]
     assert record["model"] == "SmolLM2-135M-Instruct" and record["device"] == "cpu" and record["dtype"] == "float32"
-    assert [d["layer"] for d in love_hate.diagnostics] == LAYERS
+    assert [d["layer"] for d in results["diagnostics"]] == LAYERS
+    # the lone space that pads "Love" to "Hate"'s two tokens dominates the vector, as the note shows
+    assert all(d["vector_norms"][1] > 3 * d["vector_norms"][0] for d in results["diagnostics"] if d["layer"] >= 4)

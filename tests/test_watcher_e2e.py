@@ -9,7 +9,6 @@ embedded model (minutes on a 2-core CPU; marked `embedded`).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -361,14 +360,8 @@ def test_a_second_watcher_on_the_same_vault_is_refused(idle_vault, watch_process
 
 @pytest.mark.embedded
 @pytest.mark.timeout(1800)
-def test_the_demo_runs_the_example_vault_end_to_end(tmp_path):
-    target = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-c", "from actadd_notes.cli import main; main()", "demo", str(target), "--device", "cpu", "--json"],
-        capture_output=True, text=True, timeout=1700,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+def test_the_demo_runs_the_example_vault_end_to_end(demo_vault):
+    target, report = demo_vault
     assert report["vault"] == str(target)
     (run,) = report["runs"]
     assert run["status"] == DONE and run["note"].endswith("love-hate-sweep.md")
