@@ -296,19 +296,16 @@ def update_note(
     meanwhile; then re-read and re-apply `change`. Never overwrites text newer than what
     `change` saw; ConflictError after `attempts` tries. Returns the note as written
     (`original` is the text it was based on)."""
-    target = ensure_in_vault(vault, path, config_folder=config_folder)
-    for attempt in range(attempts):
-        base = _read_settled(target)
-        note = Note.parse(base, target)
+    changed: list[Note] = []
+
+    def render(note: Note) -> str:
         change(note)
-        text = note.text()
-        if text == base or _replace_if_unchanged(target, text, base):
-            return note
-        time.sleep(_RETRY_S * (attempt + 1))
-    raise ConflictError(
-        f"{target}: the note kept changing while the tool was updating it ({attempts} tries); nothing was written",
-        path=target,
-    )
+        changed[:] = [note]
+        return note.text()
+
+    target = ensure_in_vault(vault, path, config_folder=config_folder)
+    _compare_and_swap(target, render, attempts=attempts, create=False)
+    return changed[0]
 
 
 def rewrite_note(
@@ -320,11 +317,15 @@ def rewrite_note(
     config_folder: str = ".obsidian",
 ) -> str:
     """Replace a tool-owned note with `render(current note)` under the same compare-and-swap
-    as `update_note`: `render` sees the latest text (to carry the user's regions over) and
-    newer text is never overwritten. Returns the text written."""
+    as `update_note` (a missing note is created): `render` sees the latest text, to carry the
+    user's regions over, and newer text is never overwritten. Returns the text written."""
     target = ensure_in_vault(vault, path, config_folder=config_folder)
+    return _compare_and_swap(target, render, attempts=attempts, create=True)
+
+
+def _compare_and_swap(target: Path, render: Callable[[Note], str], *, attempts: int, create: bool) -> str:
     for attempt in range(attempts):
-        if not target.exists():
+        if create and not target.exists():
             text = render(Note.parse("", target))
             if _create_exclusive(target, text.encode()):
                 return text
