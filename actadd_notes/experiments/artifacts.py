@@ -170,6 +170,7 @@ def _metric_vs_coeff(result: ExperimentResult, metric: str) -> Figure:
 
 def _objective_vs_fluency(result: ExperimentResult) -> Figure:
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     figure, axes = plt.subplots(figsize=(6.5, 4))
     kept = [s for s in result.settings if not s.rejected]
@@ -186,6 +187,8 @@ def _objective_vs_fluency(result: ExperimentResult) -> Figure:
     if result.best is not None:
         axes.annotate(result.best.setting.label, (result.best.perplexity_ratio, result.best.objective(result.objective)))
     axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     axes.set_xlabel("perplexity ÷ baseline perplexity (log)")
     axes.set_ylabel(result.objective)
     axes.set_title(f"{result.objective} vs fluency")
