@@ -533,3 +533,43 @@ def test_loading_a_saved_tiny_model_from_a_local_path(tmp_path):
     # same weights; memory layout after loading may change float rounding in the last bit
     got, want = lm.next_token_logits([PROMPT], steer=LOVE), pristine.next_token_logits([PROMPT], steer=LOVE)
     assert (got - want).abs().max() <= 1e-5
+
+
+# --- memory-aware batching -----------------------------------------------------------------
+
+
+def _memory_limit(model: torch.nn.Module, max_rows: int):
+    """A forward pre-hook that fails like a full GPU when a batch has more than `max_rows` rows."""
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[0] > max_rows:
+            raise torch.OutOfMemoryError(f"simulated: {ids.shape[0]} rows > {max_rows}")
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_results():
+    lm = tiny_lm("llama")
+    prompts = ["one two three", "four five", "six seven eight nine", "ten", "eleven twelve", "thirteen"]
+    steer = [[ActAdd("one", "two", 1, 3.0)], None, None, [ActAdd("one", "two", 2, 1.0)], None, None]
+    wanted = lm.complete(prompts, max_new_tokens=5, steer=steer, batch_size=6)
+    wanted_ppl = lm.perplexities(wanted, batch_size=6)
+    handle = _memory_limit(lm.model, max_rows=2)
+    try:
+        got = lm.complete(prompts, max_new_tokens=5, steer=steer, batch_size=6)
+        got_ppl = lm.perplexities(got, batch_size=6)
+    finally:
+        handle.remove()
+    assert [c.token_ids for c in got] == [c.token_ids for c in wanted]
+    assert got_ppl == pytest.approx(wanted_ppl, rel=1e-5)
+
+
+def test_out_of_memory_at_batch_size_one_is_a_model_error():
+    lm = tiny_lm("llama")
+    handle = _memory_limit(lm.model, max_rows=0)
+    try:
+        with pytest.raises(ModelError, match="out of memory even with batch size 1"):
+            lm.complete(["one two"], max_new_tokens=2)
+    finally:
+        handle.remove()

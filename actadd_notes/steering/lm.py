@@ -326,17 +326,24 @@ class SteerableLM:
             raise SteeringError(f"{len(seeds)} seeds for {len(prompts)} prompts; they must match")
         encoded = [self.encode(p, chat=chat) for p in prompts]
         per_row = self._per_row(steer, len(prompts))
+        return self._in_batches(
+            len(prompts),
+            batch_size,
+            lambda chunk: self._complete_batch(
+                prompts[chunk], encoded[chunk], list(seeds[chunk]), per_row[chunk] if per_row else None,
+                settings, max_new_tokens, position,
+            ),
+            progress,
+        )
+
+    def _in_batches(self, count: int, batch_size: int | None, run: Callable[[slice], list], progress: Progress | None = None) -> list:
+        """`run` over consecutive slices of `count` rows; out of memory halves the batch and retries."""
         size = batch_size or DEFAULT_BATCH_SIZE
-        results: list[Completion] = []
-        while len(results) < len(prompts):
-            chunk = slice(len(results), min(len(results) + size, len(prompts)))
+        results: list = []
+        while len(results) < count:
+            chunk = slice(len(results), min(len(results) + size, count))
             try:
-                results.extend(
-                    self._complete_batch(
-                        prompts[chunk], encoded[chunk], list(seeds[chunk]), per_row[chunk] if per_row else None,
-                        settings, max_new_tokens, position,
-                    )
-                )
+                results.extend(run(chunk))
             except torch.OutOfMemoryError as error:
                 if size == 1:
                     raise ModelError(f"{self.short_name}: out of memory even with batch size 1") from error
@@ -344,7 +351,7 @@ class SteerableLM:
                 _empty_cache(self.device)
                 continue
             if progress is not None:
-                progress(len(results), len(prompts))
+                progress(len(results), count)
         return results
 
     def generate(self, prompts: Sequence[str], **kwargs: Any) -> list[str]:
@@ -375,23 +382,22 @@ class SteerableLM:
 
     def perplexities(self, completions: Sequence[Completion], *, batch_size: int | None = None) -> list[float]:
         """Perplexity of each completion's tokens given its prompt, under the unsteered model."""
-        size = batch_size or DEFAULT_BATCH_SIZE
-        values: list[float] = []
-        for begin in range(0, len(completions), size):
-            chunk = completions[begin : begin + size]
-            ids, mask, pads = self._left_pad([c.prompt_ids + c.token_ids for c in chunk])
-            keep = max(len(c.token_ids) for c in chunk) + 1
-            with torch.inference_mode():
-                logprobs = torch.log_softmax(self._forward_logits(ids, mask, keep=keep).float(), dim=-1)
-            for row, completion in enumerate(chunk):
-                n = len(completion.token_ids)
-                if n == 0:
-                    values.append(math.nan)
-                    continue
-                targets = ids[row, ids.shape[1] - n :]
-                predicted = logprobs[row, keep - n - 1 : keep - 1]
-                nll = -predicted.gather(-1, targets[:, None]).mean()
-                values.append(float(torch.exp(nll)))
+        return self._in_batches(len(completions), batch_size, lambda chunk: self._perplexity_batch(completions[chunk]))
+
+    def _perplexity_batch(self, chunk: Sequence[Completion]) -> list[float]:
+        ids, mask, _ = self._left_pad([c.prompt_ids + c.token_ids for c in chunk])
+        keep = max(len(c.token_ids) for c in chunk) + 1
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(self._forward_logits(ids, mask, keep=keep).float(), dim=-1)
+        values = []
+        for row, completion in enumerate(chunk):
+            n = len(completion.token_ids)
+            if n == 0:
+                values.append(math.nan)
+                continue
+            targets = ids[row, ids.shape[1] - n :]
+            predicted = logprobs[row, keep - n - 1 : keep - 1]
+            values.append(float(torch.exp(-predicted.gather(-1, targets[:, None]).mean())))
         return values
 
 
