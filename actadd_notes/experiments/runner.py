@@ -324,6 +324,12 @@ def findings(result: ExperimentResult) -> list[str]:
             f"No detectable effect: the best setting's 95% CI of the difference includes 0 — "
             f"at this sample size the steering did not move {metric}."
         )
+    if len(result.settings) > 1 and result.best.perplexity_ratio > 0.9 * spec.max_perplexity_ratio:
+        lines.append(
+            f"The best setting sits close to the fluency guard ({result.best.perplexity_ratio:.2f}× of "
+            f"{spec.max_perplexity_ratio:g}×), and the best of many noisy estimates is optimistic: re-score it "
+            "on fresh seeds (another `seed`, more `samples`) before relying on it."
+        )
     against = [s for s in result.settings if not s.rejected and s.differences.get(metric)
                and s.differences[metric].ci_low is not None
                and (s.differences[metric].ci_high < 0 if spec.direction == "maximize" else s.differences[metric].ci_low > 0)]
