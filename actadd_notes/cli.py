@@ -365,6 +365,26 @@ def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None
 @cli.command()
 @vault_option
 @json_option
+def compare(vault: Path | None, as_json: bool) -> None:
+    """Write a note comparing the best setting of every run in the results folder.
+
+    \b
+    Example:
+      actadd-notes compare --vault ~/Documents/vault
+    """
+    from actadd_notes.jobs import write_comparison
+
+    config = _config(vault)
+    path, runs = write_comparison(config)
+    if as_json:
+        click.echo(json.dumps({"note": str(path), "runs": runs}))
+    else:
+        click.echo(f"{path} ({runs} run{'s' if runs != 1 else ''})")
+
+
+@cli.command()
+@vault_option
+@json_option
 def doctor(vault: Path | None, as_json: bool) -> None:
     """Check what actadd-notes needs: torch and GPU, model cache, embedded model, vault, Zotero.
 

@@ -358,6 +358,46 @@ def _number(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+RESULT_TYPE = "actadd-result"
+COMPARISON_NOTE = "Sweep comparison.md"
+
+
+def write_comparison(config: VaultConfig, renderer: TemplateRenderer | None = None) -> tuple[Path, int]:
+    """Write (or refresh) a note comparing the best setting of every result note in the vault.
+
+    Reads only the result notes' properties, so it works for runs of any model and date.
+    Returns the note's path and how many runs it lists."""
+    from actadd_notes.vault.watch import Change, NoteFilter
+
+    renderer = renderer or TemplateRenderer.for_vault(config)
+    folder = config.path(config.results_folder)
+    runs = []
+    for path in sorted(folder.rglob("*.md")) if folder.is_dir() else []:
+        if not NoteFilter()(Change.added, path):
+            continue
+        try:
+            properties = Note.read(path).properties
+        except (ActaddError, OSError):
+            continue
+        if properties.get("type") != RESULT_TYPE:
+            continue
+        runs.append({
+            "link": relative(config, path),
+            "model": properties.get("model"),
+            "best_layer": properties.get("best_layer"),
+            "best_coeff": properties.get("best_coeff"),
+            "objective": properties.get("objective"),
+            "objective_value": properties.get("best_value"),
+            "baseline_value": properties.get("baseline_value"),
+            "date": str(properties.get("date", "")),
+        })
+    runs.sort(key=lambda run: run["date"])
+    text = renderer.render("sweep-comparison.md.j2", runs=runs)
+    target = folder / COMPARISON_NOTE
+    rewrite_note(target, lambda existing: text, vault=config.root, config_folder=config.config_folder)
+    return target, len(runs)
+
+
 def vault_commit(root: Path) -> str | None:
     """The vault's git commit, when the vault is a repository (provenance only)."""
     if not (root / ".git").exists():

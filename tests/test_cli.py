@@ -32,7 +32,7 @@ from vaults import (
 
 pytestmark = pytest.mark.timeout(120)
 
-COMMANDS = ("run", "watch", "new", "lit", "vector", "demo", "doctor")
+COMMANDS = ("run", "watch", "new", "lit", "vector", "demo", "doctor", "compare")
 
 
 def invoke(*args: str | Path, **kwargs):
@@ -340,3 +340,33 @@ def test_doctor_outside_a_vault_only_warns(tmp_path, monkeypatch):
     assert result.exit_code == 0
     (vault,) = [c for c in json.loads(result.stdout) if c["name"] == "vault"]
     assert vault["ok"] is False and vault["required"] is False
+
+
+# --- compare --------------------------------------------------------------------------------
+
+
+def test_compare_tables_the_best_setting_of_every_run(example_vault, tiny_model_dir):
+    empty = invoke("compare", "--vault", example_vault, "--json")
+    assert empty.exit_code == 0, empty.output
+    assert json.loads(empty.stdout)["runs"] == 0
+    for name in ("first", "second"):
+        spec = write_spec(example_vault, name, tiny_model_dir)
+        assert invoke("run", spec, "--device", "cpu").exit_code == 0
+    result = invoke("compare", "--vault", example_vault, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["runs"] == 2
+    note = Path(report["note"])
+    text = note.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| [[Results/")]
+    assert len(rows) == 2
+    runs = [path for path in result_notes(example_vault) if props(path).get("type") == "actadd-result"]
+    assert len(runs) == 2
+    for path in runs:
+        run = props(path)
+        link = path.relative_to(example_vault).with_suffix("").as_posix()
+        (row,) = [r for r in rows if f"[[{link}]]" in r]
+        assert f"| {run['best_layer']} |" in row and f"| {run['objective']} |" in row
+    again = invoke("compare", "--vault", example_vault)  # a refresh rewrites the same note
+    assert again.exit_code == 0 and str(note) in again.stdout
+    assert len(list(note.parent.glob("Sweep comparison*.md"))) == 1

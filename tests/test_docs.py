@@ -40,7 +40,7 @@ def test_every_exported_name_resolves():
 
 def test_every_cli_command_is_documented():
     commands = _section("Command line")
-    assert set(cli.commands) == {"run", "watch", "new", "lit", "vector", "demo", "doctor"}
+    assert set(cli.commands) == {"run", "watch", "new", "lit", "vector", "demo", "doctor", "compare"}
     for name in cli.commands:
         assert f"actadd-notes {name}" in commands
 
