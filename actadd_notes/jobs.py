@@ -194,7 +194,9 @@ class JobRunner:
             return self.fail(path, error)
         resumed = note.properties.get("status") == RUNNING and note.properties.get("run_id")
         run_id = str(note.properties["run_id"]) if resumed else new_run_id(self.clock())
-        started = self.clock().replace(microsecond=0)
+        earlier = note.properties.get("started")
+        # a resumed run keeps its start, so its journal line and result date stay those of the run
+        started = earlier if resumed and isinstance(earlier, datetime) else self.clock().replace(microsecond=0)
         self.mark(path, RUNNING, run_id=run_id, started=started, progress="0%", error=None, finished=None)
         try:
             with note_context(name):
@@ -288,7 +290,7 @@ class JobRunner:
             self.self_writes.remember(result_path, text)
         result_link = relative(config, result_path)
         summary = one_line_summary(result)
-        self._journal(path, result_link, summary)
+        self._journal(path, result_link, summary, started)
         target = result_link.removesuffix(".md")
         for citekey in citekeys:
             try:
@@ -304,11 +306,11 @@ class JobRunner:
         )
         return JobOutcome(path, DONE, result_path, summary="; ".join([summary, *warnings]))
 
-    def _journal(self, path: Path, result_link: str, outcome: str) -> None:
-        """One line per run; a re-run of the same run id (after a crash) adds no second line."""
+    def _journal(self, path: Path, result_link: str, outcome: str, when: datetime) -> None:
+        """One line per run, in the daily note of the day it started; a re-run of the same run id
+        (after a crash, perhaps the next day) adds no second line."""
         from actadd_notes.vault.journal import daily_note_path
 
-        when = self.clock()
         daily = daily_note_path(self.config, when)
         target = result_link.removesuffix(".md")
         if daily.is_file() and f"[[{target}" in daily.read_text(encoding="utf-8"):

@@ -8,7 +8,7 @@ journal note is `Journal/2025-03-04.md` whatever the day.
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -117,8 +117,11 @@ def test_a_rerun_of_the_same_run_id_rewrites_its_outputs_without_duplicates(runn
     update_note(first.result_note, lambda n: n.set_region("notes", "Layer 1 looks best; try c=8 next."), vault=example_vault)
     # as after a crash while publishing: the note still says running, with its run id
     update_note(spec, lambda n: n.set("status", RUNNING), vault=example_vault)
+    started = props(spec)["started"]
 
+    runner.clock = lambda: NOW + timedelta(hours=1)  # resumed later: the run keeps its start
     again = runner.run(spec)
+    assert props(spec)["started"] == started
 
     assert again.status == DONE
     assert again.result_note == first.result_note
