@@ -373,9 +373,10 @@ def write_comparison(config: VaultConfig, renderer: TemplateRenderer | None = No
 
     renderer = renderer or TemplateRenderer.for_vault(config)
     folder = config.path(config.results_folder)
+    note_filter = NoteFilter()
     runs = []
     for path in sorted(folder.rglob("*.md")) if folder.is_dir() else []:
-        if not NoteFilter()(Change.added, path):
+        if not note_filter(Change.added, path):
             continue
         try:
             properties = Note.read(path).properties

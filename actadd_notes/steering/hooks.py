@@ -135,7 +135,6 @@ class _CallState:
 
     past: int = 0
     length: int = 0
-    prefill_id: int = 0
     starts: tuple[int, ...] = ()
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -159,7 +158,6 @@ def _make_position_hook(state: _CallState, plan: SteeringPlan) -> Callable:
         batch, length = int(shape[0]), int(shape[1])
         state.past, state.length = _cache_length(kwargs), length
         if state.past == 0:
-            state.prefill_id += 1
             state.deltas = {}
             state.starts = plan.starts or _starts_from_batch(tokens, kwargs.get("attention_mask"), plan.bos_id, batch, length)
             if plan.rows is not None and len(plan.rows) != batch:
