@@ -29,16 +29,28 @@ EXIT_FAILED = 1  # a job failed or was cancelled; click uses 2 for usage errors
 
 def vault_option(function: Callable) -> Callable:
     return click.option(
-        "--vault", type=click.Path(file_okay=False, path_type=Path), envvar="ACTADD_NOTES_VAULT",
+        "--vault",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="ACTADD_NOTES_VAULT",
         help="Vault root (the folder holding .obsidian/); default: found from the note or the current folder. Env: ACTADD_NOTES_VAULT.",
     )(function)
 
 
 def model_options(function: Callable) -> Callable:
-    function = click.option("--dtype", default="auto", show_default=True, envvar="ACTADD_NOTES_DTYPE",
-                            help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")(function)
-    return click.option("--device", default="auto", show_default=True, envvar="ACTADD_NOTES_DEVICE",
-                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")(function)
+    function = click.option(
+        "--dtype",
+        default="auto",
+        show_default=True,
+        envvar="ACTADD_NOTES_DTYPE",
+        help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.",
+    )(function)
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        envvar="ACTADD_NOTES_DEVICE",
+        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.",
+    )(function)
 
 
 def json_option(function: Callable) -> Callable:
@@ -70,8 +82,9 @@ def _check_device(device: str, dtype: str) -> None:
     mps = getattr(torch.backends, "mps", None)
     present = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
     if not present.get(target.type, True):
-        raise click.ClickException(f"--device {device}: this machine has no {target.type} device (torch "
-                                   f"{torch.__version__}); use auto or cpu")
+        raise click.ClickException(
+            f"--device {device}: this machine has no {target.type} device (torch {torch.__version__}); use auto or cpu"
+        )
 
 
 def _runner(config, device: str, dtype: str):
@@ -79,7 +92,7 @@ def _runner(config, device: str, dtype: str):
 
     _check_device(device, dtype)
     _quiet_transformers()
-    announce = lambda line: click.echo(line, err=True)  # noqa: E731
+    announce = lambda line: click.echo(line, err=True)
     return JobRunner(config, models=ModelPool(announce=announce, device=device, dtype=dtype))
 
 
@@ -124,8 +137,17 @@ def _report(outcome, config, as_json: bool) -> None:
 
     result = relative(config, outcome.result_note) if outcome.result_note else None
     if as_json:
-        click.echo(json.dumps({"note": relative(config, outcome.note), "status": outcome.status, "result_note": result,
-                               "error": outcome.error, "summary": outcome.summary}))
+        click.echo(
+            json.dumps(
+                {
+                    "note": relative(config, outcome.note),
+                    "status": outcome.status,
+                    "result_note": result,
+                    "error": outcome.error,
+                    "summary": outcome.summary,
+                }
+            )
+        )
         return
     if outcome.error:
         click.echo(f"{outcome.status}: {outcome.error}", err=True)
@@ -187,10 +209,17 @@ def run(spec: Path, vault: Path | None, device: str, dtype: str, as_json: bool) 
 
 
 @cli.command()
-@click.argument("vault", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="ACTADD_NOTES_VAULT")
+@click.argument(
+    "vault", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="ACTADD_NOTES_VAULT"
+)
 @click.option("--poll", is_flag=True, help="Poll for changes (synced or network drives) instead of OS events.")
-@click.option("--debounce-ms", default=1600, show_default=True, type=click.IntRange(min=1),
-              help="Wait this long for a note to settle after a save.")
+@click.option(
+    "--debounce-ms",
+    default=1600,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Wait this long for a note to settle after a save.",
+)
 @model_options
 def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: str) -> None:
     """Watch VAULT and run every spec note whose status is `queued`, one at a time.
@@ -213,8 +242,13 @@ def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: 
 
     previous = {sig: signal.signal(sig, stop_now) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        watcher = Watcher(_runner(config, device, dtype), debounce_ms=debounce_ms, force_polling=poll, stop_event=stop,
-                          log=lambda line: click.echo(f"{datetime.now():%H:%M:%S} {line}", err=True))
+        watcher = Watcher(
+            _runner(config, device, dtype),
+            debounce_ms=debounce_ms,
+            force_polling=poll,
+            stop_event=stop,
+            log=lambda line: click.echo(f"{datetime.now():%H:%M:%S} {line}", err=True),
+        )
         with warnings.catch_warnings():
             # watchdog warns, at length, when a new folder tree (a run's artifacts) gets a watch
             # twice; harmless, and not the user's business
@@ -243,17 +277,24 @@ def new(name: str, vault: Path | None, model: str) -> None:
     from actadd_notes.vault.templates import TemplateRenderer
 
     config = _config(vault)
-    text = TemplateRenderer.for_vault(config).render("experiment-spec.md.j2", name=name, model=model,
-                                                    created=datetime.now().replace(microsecond=0).isoformat())
-    path = create_note(config.path(config.experiments_folder, safe_filename(name) + ".md"), text,
-                       vault=config.root, config_folder=config.config_folder)
+    text = TemplateRenderer.for_vault(config).render(
+        "experiment-spec.md.j2", name=name, model=model, created=datetime.now().replace(microsecond=0).isoformat()
+    )
+    path = create_note(
+        config.path(config.experiments_folder, safe_filename(name) + ".md"),
+        text,
+        vault=config.root,
+        config_folder=config.config_folder,
+    )
     click.echo(path)
 
 
 @cli.command()
 @click.argument("citekeys", nargs=-1, required=True)
 @vault_option
-@click.option("--refresh", is_flag=True, help="Re-import notes that exist (your notes block and extra properties are kept).")
+@click.option(
+    "--refresh", is_flag=True, help="Re-import notes that exist (your notes block and extra properties are kept)."
+)
 @json_option
 def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, as_json: bool) -> None:
     """Create (or --refresh) literature notes @CITEKEY.md from Zotero.
@@ -302,10 +343,21 @@ def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, as_json: b
 @click.option("--coeff", type=float, default=1.0, show_default=True, help="Coefficient stored with the vector.")
 @click.option("--model", default="embedded", show_default=True, help="`embedded`, a Hugging Face id or a local path.")
 @click.option("--pad-token", default=" ", show_default=True, help="Pads the shorter prompt (one token).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write."
+)
 @model_options
-def vector(prompt_add: str, prompt_sub: str, layer: int, coeff: float, model: str, pad_token: str, out: Path,
-           device: str, dtype: str) -> None:
+def vector(
+    prompt_add: str,
+    prompt_sub: str,
+    layer: int,
+    coeff: float,
+    model: str,
+    pad_token: str,
+    out: Path,
+    device: str,
+    dtype: str,
+) -> None:
     """Extract one ActAdd steering vector and save it with its provenance.
 
     \b
@@ -351,9 +403,23 @@ def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None
     runner = _runner(config, device, dtype)
     outcomes = [_run_one(runner, note) for note, status in spec_notes(config) if status == QUEUED]
     if as_json:
-        click.echo(json.dumps({"vault": str(target), "runs": [
-            {"note": str(o.note), "status": o.status, "result_note": str(o.result_note) if o.result_note else None,
-             "summary": o.summary, "error": o.error} for o in outcomes]}))
+        click.echo(
+            json.dumps(
+                {
+                    "vault": str(target),
+                    "runs": [
+                        {
+                            "note": str(o.note),
+                            "status": o.status,
+                            "result_note": str(o.result_note) if o.result_note else None,
+                            "summary": o.summary,
+                            "error": o.error,
+                        }
+                        for o in outcomes
+                    ],
+                }
+            )
+        )
     else:
         for outcome in outcomes:
             _report(outcome, config, as_json=False)

@@ -46,7 +46,11 @@ def _transformers() -> Check:
     if version is None:
         return Check("transformers", False, "not installed")
     major = int(version.split(".")[0])
-    return Check("transformers", major >= 5, version if major >= 5 else f"{version}: needs ≥ 5 (4.x mangles the embedded tokenizer)")
+    return Check(
+        "transformers",
+        major >= 5,
+        version if major >= 5 else f"{version}: needs ≥ 5 (4.x mangles the embedded tokenizer)",
+    )
 
 
 def _embedded() -> Check:
@@ -62,7 +66,9 @@ def _cache() -> Check:
     from actadd_notes.steering.models import cache_dir
 
     converted = sorted((cache_dir() / "embedded").glob("*/config.json"))
-    detail = f"{cache_dir()}: " + ("converted embedded model cached" if converted else "empty (the first load converts the GGUF, ~25 s)")
+    detail = f"{cache_dir()}: " + (
+        "converted embedded model cached" if converted else "empty (the first load converts the GGUF, ~25 s)"
+    )
     return Check("model cache", True, detail, required=False)
 
 
@@ -75,7 +81,13 @@ def _vault(vault: Path | None) -> list[Check]:
         config = VaultConfig.load(root)
     except ActaddError as error:
         return [Check("vault", False, f"{error} (pass --vault or run inside a vault)", required=vault is not None)]
-    found = [Check("vault", True, f"{config.root} (config: {'actadd-notes.yaml' if (config.root / 'actadd-notes.yaml').is_file() else 'defaults'})")]
+    found = [
+        Check(
+            "vault",
+            True,
+            f"{config.root} (config: {'actadd-notes.yaml' if (config.root / 'actadd-notes.yaml').is_file() else 'defaults'})",
+        )
+    ]
     for source in sources_from_config(config):
         ok, detail = _reachable(source)
         found.append(Check(f"zotero {source.name}", ok, detail, required=False))
@@ -98,6 +110,9 @@ def _reachable(source) -> tuple[bool, str]:
         try:
             socket.create_connection((url.hostname, url.port or 80), timeout=1).close()
         except OSError:
-            return False, f"{source.base_url} not reachable: start Zotero 7 and allow other applications (Settings → Advanced)"
+            return (
+                False,
+                f"{source.base_url} not reachable: start Zotero 7 and allow other applications (Settings → Advanced)",
+            )
         return True, f"{source.base_url} reachable"
     return True, "configured (not contacted)"

@@ -58,8 +58,13 @@ class ModelPool:
     """Keeps the last model loaded, so consecutive jobs on the same model don't reload it
     (one at a time: GPU memory is the scarce thing)."""
 
-    def __init__(self, loader: Callable[..., SteerableLM] | None = None, *, announce: Callable[[str], None] | None = None,
-                 **options: Any):
+    def __init__(
+        self,
+        loader: Callable[..., SteerableLM] | None = None,
+        *,
+        announce: Callable[[str], None] | None = None,
+        **options: Any,
+    ):
         self._loader = loader
         self._announce = announce
         self._options = options
@@ -174,7 +179,9 @@ class JobRunner:
             return None
 
     # ------------------------------------------------------------------ run
-    def run(self, path: Path, *, progress: Progress | None = None, interrupted: Callable[[], bool] | None = None) -> JobOutcome:
+    def run(
+        self, path: Path, *, progress: Progress | None = None, interrupted: Callable[[], bool] | None = None
+    ) -> JobOutcome:
         """Run the spec note at `path` now, whatever its status; returns how it ended.
 
         `interrupted()` turning true (shutdown) stops at the next batch and re-queues the job;
@@ -186,7 +193,9 @@ class JobRunner:
             # note that is no spec is refused before anything is written into it.
             note = Note.read(path)
             if not is_spec_note(note):
-                raise SpecError(f"{note.properties.get('type')!r} — an experiment note has type: {SPEC_TYPE}", key="type")
+                raise SpecError(
+                    f"{note.properties.get('type')!r} — an experiment note has type: {SPEC_TYPE}", key="type"
+                )
         try:
             with note_context(name):
                 spec, warnings = parse_spec(dict(note.properties), note.body, note=name)
@@ -218,8 +227,14 @@ class JobRunner:
             internal.note = name
             return self.fail(path, internal)
 
-    def _experiment(self, path: Path, spec: ExperimentSpec, lm: SteerableLM, progress: Progress | None,
-                    interrupted: Callable[[], bool]) -> ExperimentResult:
+    def _experiment(
+        self,
+        path: Path,
+        spec: ExperimentSpec,
+        lm: SteerableLM,
+        progress: Progress | None,
+        interrupted: Callable[[], bool],
+    ) -> ExperimentResult:
         from actadd_notes.experiments.runner import run_experiment
 
         last = [0.0]
@@ -233,8 +248,12 @@ class JobRunner:
                 self._update(path, lambda note: note.set("progress", f"{100 * done // max(total, 1)}%"))
 
         return run_experiment(
-            spec, lm, progress=report, cancelled=lambda: interrupted() or self.status_of(path) == CANCELLED,
-            provenance=self._provenance(path), note=relative(self.config, path),
+            spec,
+            lm,
+            progress=report,
+            cancelled=lambda: interrupted() or self.status_of(path) == CANCELLED,
+            provenance=self._provenance(path),
+            note=relative(self.config, path),
         )
 
     def _provenance(self, path: Path) -> dict[str, Any]:
@@ -245,7 +264,15 @@ class JobRunner:
         return extra
 
     # -------------------------------------------------------------- outputs
-    def _publish(self, path: Path, spec: ExperimentSpec, lm: SteerableLM, result: ExperimentResult, run_id: str, started: datetime) -> JobOutcome:
+    def _publish(
+        self,
+        path: Path,
+        spec: ExperimentSpec,
+        lm: SteerableLM,
+        result: ExperimentResult,
+        run_id: str,
+        started: datetime,
+    ) -> JobOutcome:
         from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, render_artifacts
         from actadd_notes.vault.literature import citekeys_from_links, link_experiment
 
@@ -271,13 +298,17 @@ class JobRunner:
         effect = _effect(result)
         context = {
             "run": {
-                "run_id": run_id, "date": started.isoformat(), "spec_link": relative(config, path),
-                "spec_name": path.stem, "status": DONE,
+                "run_id": run_id,
+                "date": started.isoformat(),
+                "spec_link": relative(config, path),
+                "spec_name": path.stem,
+                "status": DONE,
             },
             "result": json.loads(files[RESULTS]),
             "effect": effect,
             "plots": [links[n] for n in files if n.endswith(".png")],
-            "files": [links[n] for n in (RESULTS, COMPLETIONS)] + [links[n] for n in files if n.endswith(".safetensors")],
+            "files": [links[n] for n in (RESULTS, COMPLETIONS)]
+            + [links[n] for n in files if n.endswith(".safetensors")],
             "literature": literature,
         }
         text = rewrite_note(
@@ -294,12 +325,17 @@ class JobRunner:
         target = result_link.removesuffix(".md")
         for citekey in citekeys:
             try:
-                link_experiment(config, citekey, run_link=target, line=f"- [[{target}|{path.stem} {run_id}]] — {summary}")
+                link_experiment(
+                    config, citekey, run_link=target, line=f"- [[{target}|{path.stem} {run_id}]] — {summary}"
+                )
             except ActaddError as error:
                 warnings.append(f"literature {citekey}: {error}")
         best = result.best
         self.mark(
-            path, DONE, progress="100%", finished=self.clock().replace(microsecond=0),
+            path,
+            DONE,
+            progress="100%",
+            finished=self.clock().replace(microsecond=0),
             result=f"[[{result_link.removesuffix('.md')}]]",
             best_layer=best.setting.layer if best else None,
             best_coeff=best.setting.coeff if best else None,
@@ -315,7 +351,9 @@ class JobRunner:
         target = result_link.removesuffix(".md")
         if daily.is_file() and f"[[{target}" in daily.read_text(encoding="utf-8"):
             return
-        entry = journal_entry(self.renderer, when=when, spec_link=relative(self.config, path), outcome=outcome, result_link=result_link)
+        entry = journal_entry(
+            self.renderer, when=when, spec_link=relative(self.config, path), outcome=outcome, result_link=result_link
+        )
         append_journal_entry(self.config, self.renderer, when=when, entry=entry)
 
     def _ensure_literature(self, citekey: str) -> None:
@@ -384,16 +422,18 @@ def write_comparison(config: VaultConfig, renderer: TemplateRenderer | None = No
             continue
         if properties.get("type") != RESULT_TYPE:
             continue
-        runs.append({
-            "link": relative(config, path),
-            "model": properties.get("model"),
-            "best_layer": properties.get("best_layer"),
-            "best_coeff": properties.get("best_coeff"),
-            "objective": properties.get("objective"),
-            "objective_value": properties.get("best_value"),
-            "baseline_value": properties.get("baseline_value"),
-            "date": str(properties.get("date", "")),
-        })
+        runs.append(
+            {
+                "link": relative(config, path),
+                "model": properties.get("model"),
+                "best_layer": properties.get("best_layer"),
+                "best_coeff": properties.get("best_coeff"),
+                "objective": properties.get("objective"),
+                "objective_value": properties.get("best_value"),
+                "baseline_value": properties.get("baseline_value"),
+                "date": str(properties.get("date", "")),
+            }
+        )
     runs.sort(key=lambda run: run["date"])
     text = renderer.render("sweep-comparison.md.j2", runs=runs)
     target = folder / COMPARISON_NOTE

@@ -121,11 +121,17 @@ class Watcher:
 
     def _pump(self, inbox: queue.Queue, source: WatchdogSource) -> None:
         config = self.config
-        note_filter = NoteFilter(ignore_paths=[config.path(config.results_folder), config.path(config.artifacts_folder)])
+        note_filter = NoteFilter(
+            ignore_paths=[config.path(config.results_folder), config.path(config.artifacts_folder)]
+        )
         try:
             for batch in watch_vault(
-                self.root, note_filter=note_filter, debounce_ms=self.debounce_ms, step_ms=self.step_ms,
-                stop_event=self.stop_event, event_source=source,
+                self.root,
+                note_filter=note_filter,
+                debounce_ms=self.debounce_ms,
+                step_ms=self.step_ms,
+                stop_event=self.stop_event,
+                event_source=source,
             ):
                 inbox.put(batch)
         except Exception as error:  # the vault vanished, inotify limits…: stop, and say why

@@ -36,8 +36,14 @@ def settings() -> list[list[ActAdd] | None]:
 def batched(lm, batch_size: int) -> tuple[float, list]:
     rows = [(steer, sample) for steer in settings() for sample in range(SAMPLES)]
     start = time.perf_counter()
-    completions = lm.complete([PROMPT] * len(rows), seeds=[s for _, s in rows], steer=[st for st, _ in rows],
-                              max_new_tokens=TOKENS, batch_size=batch_size, **SAMPLING)
+    completions = lm.complete(
+        [PROMPT] * len(rows),
+        seeds=[s for _, s in rows],
+        steer=[st for st, _ in rows],
+        max_new_tokens=TOKENS,
+        batch_size=batch_size,
+        **SAMPLING,
+    )
     lm.perplexities(completions, batch_size=batch_size)
     return time.perf_counter() - start, completions
 
@@ -46,7 +52,9 @@ def one_at_a_time(lm) -> tuple[float, list]:
     completions = []
     start = time.perf_counter()
     for steer in settings():
-        batch = lm.complete([PROMPT] * SAMPLES, seeds=list(range(SAMPLES)), steer=steer, max_new_tokens=TOKENS, **SAMPLING)
+        batch = lm.complete(
+            [PROMPT] * SAMPLES, seeds=list(range(SAMPLES)), steer=steer, max_new_tokens=TOKENS, **SAMPLING
+        )
         lm.perplexities(batch)
         completions.extend(batch)
     return time.perf_counter() - start, completions

@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actadd_notes.steering.lm import SteerableLM  # noqa: E402
-from actadd_notes.steering.sampling import Sampling, logits_processors  # noqa: E402
-from actadd_notes.steering.vectors import ActAdd  # noqa: E402
+from actadd_notes.steering.lm import SteerableLM
+from actadd_notes.steering.sampling import Sampling, logits_processors
+from actadd_notes.steering.vectors import ActAdd
 
 PROMPT_LEN = 32
 SAMPLING = {"temperature": 1.0, "top_p": 0.3, "freq_penalty": 1.0}  # the ActAdd paper's settings
@@ -57,13 +57,26 @@ def model_config(name: str, tiny: bool):
     if name == "llama-3-8b":
         if tiny:
             return LlamaConfig(
-                hidden_size=64, num_hidden_layers=10, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=128, vocab_size=1200, rope_theta=500000.0, max_position_embeddings=256,
+                hidden_size=64,
+                num_hidden_layers=10,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                vocab_size=1200,
+                rope_theta=500000.0,
+                max_position_embeddings=256,
             )
         return LlamaConfig(
-            hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-            intermediate_size=14336, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
-            rms_norm_eps=1e-5, tie_word_embeddings=False,
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+            rope_theta=500000.0,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
         )
     raise SystemExit(f"unknown model {name!r}")
 
@@ -126,8 +139,13 @@ def stats(values: list[float]) -> dict:
     else:
         q1 = q3 = values[0]
     return {
-        "n": len(values), "median": statistics.median(values), "q1": q1, "q3": q3,
-        "min": ordered[0], "max": ordered[-1], "values": list(values),
+        "n": len(values),
+        "median": statistics.median(values),
+        "q1": q1,
+        "q3": q3,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "values": list(values),
     }
 
 
@@ -165,7 +183,9 @@ def part_a(lm, config, args, log) -> dict:
             return lm.complete(prompts, max_new_tokens=args.new_tokens, seeds=seeds, batch_size=batch, **SAMPLING)
 
         def steered():
-            return lm.complete(prompts, max_new_tokens=args.new_tokens, seeds=seeds, steer=steer, batch_size=batch, **SAMPLING)
+            return lm.complete(
+                prompts, max_new_tokens=args.new_tokens, seeds=seeds, steer=steer, batch_size=batch, **SAMPLING
+            )
 
         for _ in range(args.warmup):
             _, p = timed(plain)
@@ -181,17 +201,22 @@ def part_a(lm, config, args, log) -> dict:
                 (t_plain if which == "plain" else t_steer).append(dt)
         r = ratios(t_steer, t_plain)
         entry = {
-            "plain_s": stats(t_plain), "steered_s": stats(t_steer), "ratio_steered_over_plain": stats(r),
+            "plain_s": stats(t_plain),
+            "steered_s": stats(t_steer),
+            "ratio_steered_over_plain": stats(r),
             "ratio_of_medians": statistics.median(t_steer) / statistics.median(t_plain),
             "rows_changed_by_steering": differ,
             "tokens_per_s_plain": batch * args.new_tokens / statistics.median(t_plain),
-            "target": "median ratio <= 1.02", "pass": statistics.median(r) <= 1.02,
+            "target": "median ratio <= 1.02",
+            "pass": statistics.median(r) <= 1.02,
         }
         out["batches"][str(batch)] = entry
-        log(f"A batch {batch}: plain {entry['plain_s']['median']:.3f}s steered {entry['steered_s']['median']:.3f}s "
+        log(
+            f"A batch {batch}: plain {entry['plain_s']['median']:.3f}s steered {entry['steered_s']['median']:.3f}s "
             f"ratio median {entry['ratio_steered_over_plain']['median']:.4f} "
             f"[{entry['ratio_steered_over_plain']['min']:.4f}, {entry['ratio_steered_over_plain']['max']:.4f}] "
-            f"changed {differ:.2f}")
+            f"changed {differ:.2f}"
+        )
     return out
 
 
@@ -215,7 +240,9 @@ def part_b(lm, config, args, log, deadline: float, hard_deadline: float, save) -
     size = args.sweep_batch or rows
 
     def batched():
-        return lm.complete(prompts, max_new_tokens=args.new_tokens, seeds=seeds, steer=per_row, batch_size=size, **SAMPLING)
+        return lm.complete(
+            prompts, max_new_tokens=args.new_tokens, seeds=seeds, steer=per_row, batch_size=size, **SAMPLING
+        )
 
     def plain():
         return lm.complete(prompts, max_new_tokens=args.new_tokens, seeds=seeds, batch_size=size, **SAMPLING)
@@ -223,15 +250,27 @@ def part_b(lm, config, args, log, deadline: float, hard_deadline: float, save) -
     def per_setting():
         out = []
         for layer, coeff in settings:
-            out += lm.complete([prompt] * samples, max_new_tokens=args.new_tokens, seeds=list(range(samples)),
-                               steer=actadd(layer, coeff), batch_size=samples, **SAMPLING)
+            out += lm.complete(
+                [prompt] * samples,
+                max_new_tokens=args.new_tokens,
+                seeds=list(range(samples)),
+                steer=actadd(layer, coeff),
+                batch_size=samples,
+                **SAMPLING,
+            )
         return out
 
     # warm-up: each path once (the per-setting path on one setting: same shapes as the rest)
     _, out_i = timed(batched)
     _, out_iii = timed(plain)
-    lm.complete([prompt] * samples, max_new_tokens=args.new_tokens, seeds=list(range(samples)),
-                steer=actadd(*settings[0]), batch_size=samples, **SAMPLING)
+    lm.complete(
+        [prompt] * samples,
+        max_new_tokens=args.new_tokens,
+        seeds=list(range(samples)),
+        steer=actadd(*settings[0]),
+        batch_size=samples,
+        **SAMPLING,
+    )
     check_lengths(lm, out_i + out_iii, args.new_tokens)
     t_i, t_ii, t_iii, t_i_same_rep = [], [], [], []
     out_ii = None
@@ -242,7 +281,9 @@ def part_b(lm, config, args, log, deadline: float, hard_deadline: float, save) -
         if rep < args.reps_b_ii:
             order.insert(rep % 3, "ii")
         # a hard stop well inside the device call's limit: what was measured so far is kept
-        projected = sum(statistics.median(t) for t in (t_i, t_iii) if t) + (statistics.median(t_ii) if t_ii and "ii" in order else 0)
+        projected = sum(statistics.median(t) for t in (t_i, t_iii) if t) + (
+            statistics.median(t_ii) if t_ii and "ii" in order else 0
+        )
         if rep >= 1 and time.perf_counter() + 1.2 * projected > hard_deadline:
             stopped_early = f"stopped before repetition {rep}: the next would pass the hard deadline"
             log(stopped_early)
@@ -268,9 +309,16 @@ def part_b(lm, config, args, log, deadline: float, hard_deadline: float, save) -
     r_speed = ratios(t_ii, t_i_same_rep)
     r_cost = ratios(t_i, t_iii)
     out = {
-        "layers": layers, "coeffs": coeffs, "samples": samples, "rows": rows, "batch_size": size,
-        "i_batched_per_row_s": stats(t_i), "ii_per_setting_s": stats(t_ii), "iii_plain_s": stats(t_iii),
-        "ratio_ii_over_i": stats(r_speed), "ratio_i_over_iii": stats(r_cost),
+        "layers": layers,
+        "coeffs": coeffs,
+        "samples": samples,
+        "rows": rows,
+        "batch_size": size,
+        "i_batched_per_row_s": stats(t_i),
+        "ii_per_setting_s": stats(t_ii),
+        "iii_plain_s": stats(t_iii),
+        "ratio_ii_over_i": stats(r_speed),
+        "ratio_i_over_iii": stats(r_cost),
         "rows_identical_batched_vs_per_setting": same_as_single,
         "rows_changed_by_steering": changed,
         "tokens_per_s": {
@@ -282,8 +330,10 @@ def part_b(lm, config, args, log, deadline: float, hard_deadline: float, save) -
         "pass_speedup_ge_10": statistics.median(r_speed) >= 10,
         "pass_cost_le_1.05": statistics.median(r_cost) <= 1.05,
     }
-    log(f"B: (ii)/(i) median {out['ratio_ii_over_i']['median']:.2f}x  (i)/(iii) median "
-        f"{out['ratio_i_over_iii']['median']:.4f}  identical {same_as_single:.3f} changed {changed:.3f}")
+    log(
+        f"B: (ii)/(i) median {out['ratio_ii_over_i']['median']:.2f}x  (i)/(iii) median "
+        f"{out['ratio_i_over_iii']['median']:.4f}  identical {same_as_single:.3f} changed {changed:.3f}"
+    )
     return out
 
 
@@ -310,7 +360,12 @@ def part_p(lm, config, args, log) -> dict:
     rows = len(settings) * args.samples
     per_row = [[actadd(layer, coeff)] for layer, coeff in settings for _ in range(args.samples)]
     size = args.sweep_batch or rows
-    common = {"max_new_tokens": 1, "seeds": [s for _ in settings for s in range(args.samples)], "batch_size": size, **SAMPLING}
+    common = {
+        "max_new_tokens": 1,
+        "seeds": [s for _ in settings for s in range(args.samples)],
+        "batch_size": size,
+        **SAMPLING,
+    }
 
     def steered():
         return lm.complete([prompt] * rows, steer=per_row, **common)
@@ -321,22 +376,36 @@ def part_p(lm, config, args, log) -> dict:
     timed(steered), timed(plain)
     ts, tp = [], []
     for rep in range(args.reps_p):
-        for which in (("p", "s") if rep % 2 == 0 else ("s", "p")):
+        for which in ("p", "s") if rep % 2 == 0 else ("s", "p"):
             dt, _ = timed(plain if which == "p" else steered)
             (tp if which == "p" else ts).append(dt)
-    out["prefill_only"] = {"rows": rows, "plain_s": stats(tp), "steered_per_row_s": stats(ts),
-                           "extra_ms_median": 1000 * (statistics.median(ts) - statistics.median(tp))}
-    log(f"P prefill-only {rows} rows: plain {statistics.median(tp)*1000:.1f} ms, per-row steered "
-        f"{statistics.median(ts)*1000:.1f} ms")
+    out["prefill_only"] = {
+        "rows": rows,
+        "plain_s": stats(tp),
+        "steered_per_row_s": stats(ts),
+        "extra_ms_median": 1000 * (statistics.median(ts) - statistics.median(tp)),
+    }
+    log(
+        f"P prefill-only {rows} rows: plain {statistics.median(tp) * 1000:.1f} ms, per-row steered "
+        f"{statistics.median(ts) * 1000:.1f} ms"
+    )
     return out
 
 
 # ---------------------------------------------------------------------------- main
 def _git_head() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001 - the device copy has no .git
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).resolve().parents[1],
+            ).stdout.strip()
+            or "unknown"
+        )
+    except Exception:
         return "unknown"
 
 
@@ -351,9 +420,13 @@ def environment(command: str) -> dict:
     env = {
         "command": command,
         "engine_sha256": digest.hexdigest()[:16],  # of actadd_notes/steering/*.py as run
-        "git_head": _git_head(), "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-        "cuda": torch.version.cuda, "platform": platform.platform(),
+        "git_head": _git_head(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
     }
     if torch.cuda.is_available():
         env["card"] = torch.cuda.get_device_name(0)
@@ -363,9 +436,11 @@ def environment(command: str) -> dict:
         try:
             env["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20,
+                capture_output=True,
+                text=True,
+                timeout=20,
             ).stdout.strip()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             env["driver"] = f"unavailable: {error}"
     else:
         env["card"] = "cpu"
@@ -382,13 +457,22 @@ def main(argv=None) -> int:
     parser.add_argument("--reps-a", type=int, default=10)
     parser.add_argument("--batches-a", default="1,64")
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--sweep-batch", type=int, default=0, help="batch_size for (i) and (iii); 0 = all 560 rows in one batch")
+    parser.add_argument(
+        "--sweep-batch", type=int, default=0, help="batch_size for (i) and (iii); 0 = all 560 rows in one batch"
+    )
     parser.add_argument("--reps-b", type=int, default=5, help="repetitions of (i) and (iii)")
     parser.add_argument("--max-reps-b", type=int, default=10, help="more (i)/(iii) repetitions while --budget-s allows")
     parser.add_argument("--reps-b-ii", type=int, default=3, help="repetitions of (ii), the slow path")
     parser.add_argument("--reps-p", type=int, default=5)
-    parser.add_argument("--budget-s", type=float, default=420.0, help="soft wall-clock budget per model for the optional extra reps")
-    parser.add_argument("--hard-s", type=float, default=540.0, help="no Part B repetition starts that would end past this many seconds after start")
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="soft wall-clock budget per model for the optional extra reps"
+    )
+    parser.add_argument(
+        "--hard-s",
+        type=float,
+        default=540.0,
+        help="no Part B repetition starts that would end past this many seconds after start",
+    )
     parser.add_argument("--out", default=None)
     script_start = time.perf_counter()
     args = parser.parse_args(argv)
@@ -406,7 +490,11 @@ def main(argv=None) -> int:
     elif os.environ.get("OUT"):
         out_path = Path(os.environ["OUT"]) / "gpu_steering.json"
     else:
-        out_path = Path("/tmp/gpu_steering_tiny.json") if args.tiny else Path(__file__).parent / "results" / "gpu_steering_local.json"
+        out_path = (
+            Path("/tmp/gpu_steering_tiny.json")
+            if args.tiny
+            else Path(__file__).parent / "results" / "gpu_steering_local.json"
+        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
@@ -414,9 +502,17 @@ def main(argv=None) -> int:
 
     summary = {
         "environment": environment(command),
-        "settings": {"prompt_tokens": PROMPT_LEN, "new_tokens": args.new_tokens, "sampling": SAMPLING,
-                     "dtype": str(dtype).removeprefix("torch."), "tiny": args.tiny, "device": device,
-                     "reps_a": args.reps_a, "warmup": args.warmup, "reps_b_ii": args.reps_b_ii},
+        "settings": {
+            "prompt_tokens": PROMPT_LEN,
+            "new_tokens": args.new_tokens,
+            "sampling": SAMPLING,
+            "dtype": str(dtype).removeprefix("torch."),
+            "tiny": args.tiny,
+            "device": device,
+            "reps_a": args.reps_a,
+            "warmup": args.warmup,
+            "reps_b_ii": args.reps_b_ii,
+        },
         "models": {},
     }
     log(json.dumps(summary["environment"]))
@@ -428,8 +524,12 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         started = time.perf_counter()
         lm, config, built_s = build(name, args.tiny, device, dtype)
-        entry = {"layers": lm.num_layers, "vocab": config.vocab_size, "build_s": built_s,
-                 "params_b": sum(p.numel() for p in lm.model.parameters()) / 1e9}
+        entry = {
+            "layers": lm.num_layers,
+            "vocab": config.vocab_size,
+            "build_s": built_s,
+            "params_b": sum(p.numel() for p in lm.model.parameters()) / 1e9,
+        }
         summary["models"][name] = entry
         log(f"{name}: built in {built_s:.1f}s, {entry['params_b']:.2f}B params, {lm.num_layers} layers")
         if "A" in parts:
@@ -439,12 +539,20 @@ def main(argv=None) -> int:
             entry["P"] = part_p(lm, config, args, log)
             save()
         if "B" in parts:
+
             def save_b(partial):
                 entry["B"] = partial
                 save()
 
-            entry["B"] = part_b(lm, config, args, log, deadline=started + args.budget_s,
-                                hard_deadline=script_start + args.hard_s, save=save_b)
+            entry["B"] = part_b(
+                lm,
+                config,
+                args,
+                log,
+                deadline=started + args.budget_s,
+                hard_deadline=script_start + args.hard_s,
+                save=save_b,
+            )
             save()
         entry["wall_s"] = time.perf_counter() - started
         if device == "cuda":
@@ -460,13 +568,19 @@ def main(argv=None) -> int:
     for name, entry in summary["models"].items():
         for batch, a in entry.get("A", {}).get("batches", {}).items():
             r = a["ratio_steered_over_plain"]
-            print(f"{name:11s} A steered/plain batch {batch:<3s}               {r['median']:.4f}  [{r['min']:.4f}, {r['max']:.4f}]  <=1.02   {a['pass']}")
+            print(
+                f"{name:11s} A steered/plain batch {batch:<3s}               {r['median']:.4f}  [{r['min']:.4f}, {r['max']:.4f}]  <=1.02   {a['pass']}"
+            )
         b = entry.get("B")
         if b:
             r = b["ratio_ii_over_i"]
-            print(f"{name:11s} B (ii) per-setting / (i) batched (n={r['n']})  {r['median']:7.2f}  [{r['min']:.2f}, {r['max']:.2f}]      >=10     {b['pass_speedup_ge_10']}")
+            print(
+                f"{name:11s} B (ii) per-setting / (i) batched (n={r['n']})  {r['median']:7.2f}  [{r['min']:.2f}, {r['max']:.2f}]      >=10     {b['pass_speedup_ge_10']}"
+            )
             r = b["ratio_i_over_iii"]
-            print(f"{name:11s} B (i) batched / (iii) plain (n={r['n']})       {r['median']:.4f}  [{r['min']:.4f}, {r['max']:.4f}]  <=1.05   {b['pass_cost_le_1.05']}")
+            print(
+                f"{name:11s} B (i) batched / (iii) plain (n={r['n']})       {r['median']:.4f}  [{r['min']:.4f}, {r['max']:.4f}]  <=1.05   {b['pass_cost_le_1.05']}"
+            )
     print(f"wrote {out_path}")
     return 0
 

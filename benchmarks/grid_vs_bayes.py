@@ -22,9 +22,17 @@ from actadd_notes.experiments.runner import run_experiment
 from actadd_notes.experiments.spec import parse_spec
 
 BASE = {
-    "prompt_add": "Love", "prompt_sub": "Hate", "prompts": ["I hate you because"], "samples": 20,
-    "max_new_tokens": 30, "temperature": 1.0, "top_p": 0.3, "freq_penalty": 1.0,
-    "metrics": ["sentiment", "fluency"], "objective": "sentiment", "max_perplexity_ratio": 1.5,
+    "prompt_add": "Love",
+    "prompt_sub": "Hate",
+    "prompts": ["I hate you because"],
+    "samples": 20,
+    "max_new_tokens": 30,
+    "temperature": 1.0,
+    "top_p": 0.3,
+    "freq_penalty": 1.0,
+    "metrics": ["sentiment", "fluency"],
+    "objective": "sentiment",
+    "max_perplexity_ratio": 1.5,
 }
 GRID = {"layer": [2, 4, 6, 8, 10], "coeff": [1, 2, 4, 8], "seed": 0}
 RESCORE_SAMPLES, RESCORE_SEED = 60, 1000
@@ -38,9 +46,14 @@ def search(lm, extra: dict) -> dict:
     return {
         "spec": extra,
         "seconds": round(time.perf_counter() - start, 1),
-        "best": None if best is None else {"layer": best.setting.layer, "coeff": best.setting.coeff,
-                                           "own_estimate": best.metrics["sentiment"].mean,
-                                           "perplexity_ratio": best.perplexity_ratio},
+        "best": None
+        if best is None
+        else {
+            "layer": best.setting.layer,
+            "coeff": best.setting.coeff,
+            "own_estimate": best.metrics["sentiment"].mean,
+            "perplexity_ratio": best.perplexity_ratio,
+        },
         "trials_to_best": result.trials_to_best,
         "rejected": sum(s.rejected for s in result.settings),
     }
@@ -52,9 +65,14 @@ def rescore(lm, layer: int, coeff: float) -> dict:
     result = run_experiment(spec, lm)
     setting, base = result.settings[0], result.baseline
     diff = setting.differences["sentiment"]
-    return {"sentiment": setting.metrics["sentiment"].mean, "baseline": base.metrics["sentiment"].mean,
-            "difference": diff.estimate, "ci": [diff.ci_low, diff.ci_high], "perplexity_ratio": setting.perplexity_ratio,
-            "passes_guard": not setting.rejected}
+    return {
+        "sentiment": setting.metrics["sentiment"].mean,
+        "baseline": base.metrics["sentiment"].mean,
+        "difference": diff.estimate,
+        "ci": [diff.ci_low, diff.ci_high],
+        "perplexity_ratio": setting.perplexity_ratio,
+        "passes_guard": not setting.rejected,
+    }
 
 
 def main() -> None:
@@ -65,7 +83,12 @@ def main() -> None:
     lm = load_model("embedded", device="cpu")
     runs = [{"method": "grid", **search(lm, GRID)}]
     for seed in args.bayes_seeds:
-        runs.append({"method": "bayes", **search(lm, {"search": "bayes", "trials": 20, "layer": [2, 10], "coeff": [1, 8], "seed": seed})})
+        runs.append(
+            {
+                "method": "bayes",
+                **search(lm, {"search": "bayes", "trials": 20, "layer": [2, 10], "coeff": [1, 8], "seed": seed}),
+            }
+        )
         print(json.dumps(runs[-1]), flush=True)
     for run in runs:
         if run["best"]:

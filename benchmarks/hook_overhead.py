@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny import tiny_lm  # noqa: E402
+from tiny import tiny_lm
 
-from actadd_notes import ActAdd  # noqa: E402
+from actadd_notes import ActAdd
 
 
 def per_step_seconds(lm, steer, steps: int = 64, repeats: int = 20) -> float:

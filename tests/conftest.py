@@ -34,8 +34,20 @@ def demo_vault(tmp_path_factory, session_cache):
     target = tmp_path_factory.mktemp("demo") / "vault"
     env = {**os.environ, "ACTADD_NOTES_CACHE_DIR": str(session_cache), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", "from actadd_notes.cli import main; main()", "demo", str(target), "--device", "cpu", "--json"],
-        capture_output=True, text=True, timeout=1700, env=env,
+        [
+            sys.executable,
+            "-c",
+            "from actadd_notes.cli import main; main()",
+            "demo",
+            str(target),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1700,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return target, json.loads(done.stdout)

@@ -32,7 +32,9 @@ def space_id(tokenizer, pad: str = " ") -> int:
     return ids[0]
 
 
-def padded_pair(tokenizer, prompt_add: str, prompt_sub: str, prepend_bos: bool, pad: str = " ") -> tuple[list[int], list[int]]:
+def padded_pair(
+    tokenizer, prompt_add: str, prompt_sub: str, prepend_bos: bool, pad: str = " "
+) -> tuple[list[int], list[int]]:
     a, s = hand_ids(tokenizer, prompt_add, prepend_bos), hand_ids(tokenizer, prompt_sub, prepend_bos)
     width = max(len(a), len(s))
     p = space_id(tokenizer, pad)
@@ -50,7 +52,9 @@ def all_vectors(model, tokenizer, prompt_add: str, prompt_sub: str, prepend_bos:
     return diff[:, 1:] if prepend_bos else diff
 
 
-def actadd_vector(model, tokenizer, prompt_add: str, prompt_sub: str, layer: int, prepend_bos: bool, pad: str = " ") -> torch.Tensor:
+def actadd_vector(
+    model, tokenizer, prompt_add: str, prompt_sub: str, layer: int, prepend_bos: bool, pad: str = " "
+) -> torch.Tensor:
     return all_vectors(model, tokenizer, prompt_add, prompt_sub, prepend_bos, pad)[layer]
 
 
@@ -98,14 +102,18 @@ def steered_logits(model, ids: Sequence[int], adds: Sequence[Add] = (), blocks=N
     try:
         for layer, group in by_layer.items():
             if layer == 0:
+
                 def pre(module, args, group=group):
                     return (_apply(args[0], group), *args[1:])
+
                 handles.append(blocks[0].register_forward_pre_hook(pre))
             else:
+
                 def post(module, args, output, group=group):
                     if isinstance(output, tuple):
                         return (_apply(output[0], group), *output[1:])
                     return _apply(output, group)
+
                 handles.append(blocks[layer - 1].register_forward_hook(post))
         logits = model(input_ids=torch.tensor([list(ids)]), use_cache=False).logits
     finally:
@@ -115,7 +123,9 @@ def steered_logits(model, ids: Sequence[int], adds: Sequence[Add] = (), blocks=N
 
 
 @torch.no_grad()
-def greedy(model, ids: Sequence[int], adds: Sequence[Add], max_new_tokens: int, eos_id: int | None, blocks=None) -> list[int]:
+def greedy(
+    model, ids: Sequence[int], adds: Sequence[Add], max_new_tokens: int, eos_id: int | None, blocks=None
+) -> list[int]:
     """Greedy decoding that re-runs the whole sequence at every step (no KV cache)."""
     ids, new = list(ids), []
     for _ in range(max_new_tokens):

@@ -33,7 +33,9 @@ def love_hate(demo_vault):
     (run,) = report["runs"]
     run_id = Note.read(Path(run["result_note"])).properties["run_id"]
     folder = target / "Results" / "artifacts" / f"love-hate-sweep {run_id}"
-    results = json.loads((folder / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+    results = json.loads(
+        (folder / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json")
+    )
     with (folder / "completions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return results, rows, folder

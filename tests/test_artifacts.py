@@ -12,13 +12,15 @@ import math
 import matplotlib.image
 import pytest
 import torch
+from tiny import (
+    tiny_lm,
+    tiny_threads,
+)
 
 from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, render_artifacts
 from actadd_notes.experiments.runner import SCHEMA, run_experiment
 from actadd_notes.experiments.spec import parse_spec
 from actadd_notes.steering import ActAdd, SteeringVector
-from tiny import tiny_lm
-from tiny import tiny_threads  # noqa: F401  (autouse: tiny models run on one thread)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROMPTS = ["I hate you because", "The weather today is nice and"]
@@ -74,7 +76,9 @@ def grid_files(grid, llama):
 
 @pytest.fixture(scope="module")
 def bayes(llama):
-    return run_experiment(spec_of(search="bayes", layer=[0, 2], coeff=[-2, 4], trials=8, metrics=["profanity"], samples=3), llama)
+    return run_experiment(
+        spec_of(search="bayes", layer=[0, 2], coeff=[-2, 4], trials=8, metrics=["profanity"], samples=3), llama
+    )
 
 
 # ------------------------------------------------------------------ results.json
@@ -91,7 +95,9 @@ def test_results_json_is_versioned_strict_json(grid, grid_files):
 def test_results_json_holds_baseline_settings_cis_and_findings(grid, grid_files):
     data = strict_json(grid_files[RESULTS])
     assert data["baseline"]["label"] == "baseline" and data["baseline"]["layer"] is None
-    assert [(s["layer"], s["coeff"]) for s in data["settings"]] == [(s.setting.layer, s.setting.coeff) for s in grid.settings]
+    assert [(s["layer"], s["coeff"]) for s in data["settings"]] == [
+        (s.setting.layer, s.setting.coeff) for s in grid.settings
+    ]
     for setting in data["settings"]:
         assert set(setting["metrics"]) == {"perplexity", "sentiment", "profanity", "kl"}
         for summary in setting["metrics"].values():
@@ -124,7 +130,18 @@ def test_non_finite_numbers_are_written_as_null(grid, llama):
 def test_completions_csv_has_one_row_per_sample(grid, grid_files):
     rows = list(csv.reader(io.StringIO(grid_files[COMPLETIONS].decode())))
     header, body = rows[0], rows[1:]
-    assert header == ["setting", "layer", "coeff", "prompt", "sample", "seed", "completion", "perplexity", "sentiment", "profanity"]
+    assert header == [
+        "setting",
+        "layer",
+        "coeff",
+        "prompt",
+        "sample",
+        "seed",
+        "completion",
+        "perplexity",
+        "sentiment",
+        "profanity",
+    ]
     assert len(body) == len(grid.samples) == (len(grid.settings) + 1) * len(PROMPTS) * 2
     for row, sample in zip(body, grid.samples):
         record = dict(zip(header, row))
@@ -144,8 +161,12 @@ def test_completions_csv_has_one_row_per_sample(grid, grid_files):
 # ------------------------------------------------------------------ plots
 def test_a_grid_gets_a_heatmap_metric_plots_and_objective_vs_fluency(grid_files):
     assert pngs(grid_files) == {
-        "heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "profanity-vs-coeff.png",
-        "kl-vs-coeff.png", "objective-vs-fluency.png",
+        "heatmap.png",
+        "sentiment-vs-coeff.png",
+        "perplexity-vs-coeff.png",
+        "profanity-vs-coeff.png",
+        "kl-vs-coeff.png",
+        "objective-vs-fluency.png",
     }
     for name in pngs(grid_files):
         check_png(name, grid_files[name])
@@ -155,7 +176,12 @@ def test_only_bayes_gets_the_trial_history(bayes, llama, grid_files):
     assert "trials.png" not in grid_files
     files = render_artifacts(bayes, llama)
     assert "trials.png" in files and "heatmap.png" not in files
-    assert pngs(files) == {"trials.png", "profanity-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"}
+    assert pngs(files) == {
+        "trials.png",
+        "profanity-vs-coeff.png",
+        "perplexity-vs-coeff.png",
+        "objective-vs-fluency.png",
+    }
     for name in pngs(files):
         check_png(name, files[name])
     data = strict_json(files[RESULTS])
@@ -188,7 +214,10 @@ def test_rendering_is_deterministic(grid, llama, grid_files):
 # ------------------------------------------------------------------ vectors
 def test_vectors_are_saved_with_provenance(grid, grid_files, llama, tmp_path):
     layer = grid.best.setting.layer
-    assert {n for n in grid_files if n.endswith(".safetensors")} == {f"vector-L{layer}.safetensors", "vector-extra1-L1.safetensors"}
+    assert {n for n in grid_files if n.endswith(".safetensors")} == {
+        f"vector-L{layer}.safetensors",
+        "vector-extra1-L1.safetensors",
+    }
     for name, (add, sub, at) in {
         f"vector-L{layer}.safetensors": ("Love", "Hate", layer),
         "vector-extra1-L1.safetensors": ("Happy people", "Sad", 1),
@@ -210,4 +239,3 @@ def test_no_lm_or_no_best_means_no_vectors(grid, llama):
     files = render_artifacts(nothing, llama)
     assert not [n for n in files if n.endswith(".safetensors")]
     assert strict_json(files[RESULTS])["best"] is None
-

@@ -12,23 +12,23 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from actadd_notes.cli import cli
-from actadd_notes.jobs import DONE, FAILED
-from actadd_notes.steering.vectors import SteeringVector
-from actadd_notes.vault.notes import Note
-from tiny import tiny_threads  # noqa: F401  (autouse: one CPU thread)
+from tiny import tiny_threads
 from vaults import (
     KONEN,
     TURNER,
     USER_TEXT,
     body,
-    example_vault,  # noqa: F401
+    example_vault,
     props,
     result_notes,
-    tiny_model_dir,  # noqa: F401
+    tiny_model_dir,
     write_spec,
 )
+
+from actadd_notes.cli import cli
+from actadd_notes.jobs import DONE, FAILED
+from actadd_notes.steering.vectors import SteeringVector
+from actadd_notes.vault.notes import Note
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,8 +140,10 @@ def test_lit_json_lists_written_and_failed_keys(example_vault):
     result = invoke("lit", f"[[@{KONEN}]]", TURNER, "--vault", example_vault, "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {
-        "written": {KONEN: str(example_vault / "Literature" / f"@{KONEN}.md"),
-                    TURNER: str(example_vault / "Literature" / f"@{TURNER}.md")},
+        "written": {
+            KONEN: str(example_vault / "Literature" / f"@{KONEN}.md"),
+            TURNER: str(example_vault / "Literature" / f"@{TURNER}.md"),
+        },
         "failed": {},
     }
 
@@ -252,8 +254,23 @@ def test_run_bad_arguments(example_vault, tiny_model_dir):
 
 def test_vector_writes_a_loadable_steering_vector(tmp_path, tiny_model_dir):
     out = tmp_path / "vectors" / "love-hate.safetensors"
-    result = invoke("vector", "--add", "Love", "--sub", "Hate", "--layer", "1", "--coeff", "4",
-                    "--model", tiny_model_dir, "--out", out, "--device", "cpu")
+    result = invoke(
+        "vector",
+        "--add",
+        "Love",
+        "--sub",
+        "Hate",
+        "--layer",
+        "1",
+        "--coeff",
+        "4",
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{out}: ") and "layer 1" in result.stdout
     vector = SteeringVector.load(out)
@@ -265,9 +282,17 @@ def test_vector_writes_a_loadable_steering_vector(tmp_path, tiny_model_dir):
     ("args", "code", "message"),
     [
         (["--add", "Love", "--sub", "Hate", "--out", "v.safetensors"], 2, "Missing option '--layer'"),
-        (["--add", "Love", "--sub", "Hate", "--layer", "one", "--out", "v.safetensors"], 2, "'one' is not a valid integer"),
+        (
+            ["--add", "Love", "--sub", "Hate", "--layer", "one", "--out", "v.safetensors"],
+            2,
+            "'one' is not a valid integer",
+        ),
         (["--add", "Love", "--layer", "1", "--out", "v.safetensors"], 2, "Missing option '--sub'"),
-        (["--add", "Love", "--sub", "Hate", "--layer", "1", "--out", "v.safetensors", "--device", "tpu9"], 1, "device 'tpu9'"),
+        (
+            ["--add", "Love", "--sub", "Hate", "--layer", "1", "--out", "v.safetensors", "--device", "tpu9"],
+            1,
+            "device 'tpu9'",
+        ),
         (["--add", "Love", "--sub", "Hate", "--layer", "7", "--out", "v.safetensors", "--device", "cpu"], 1, "layer 7"),
     ],
     ids=["no-layer", "layer-not-int", "no-sub", "bad-device", "layer-out-of-range"],
@@ -318,7 +343,9 @@ def test_doctor_json_lists_its_checks(example_vault):
     assert checks["vault"]["ok"] and str(example_vault) in checks["vault"]["detail"]
     assert "actadd-notes.yaml" in checks["vault"]["detail"]
     assert checks["zotero bbt:library.json"] == {
-        "name": "zotero bbt:library.json", "ok": True, "detail": str(example_vault / "zotero" / "library.json"),
+        "name": "zotero bbt:library.json",
+        "ok": True,
+        "detail": str(example_vault / "zotero" / "library.json"),
         "required": False,
     }
 

@@ -13,10 +13,10 @@ import statistics
 import pytest
 import torch
 from scipy import stats
+from tiny import tiny_threads
 
 from actadd_notes.steering import ActAdd, load_model
 from actadd_notes.steering.models import EMBEDDED_NAME, cache_dir, embedded_gguf, embedded_model_dir
-from tiny import tiny_threads  # noqa: F401  (autouse: one CPU thread; see tiny.one_torch_thread)
 
 pytestmark = pytest.mark.embedded
 
@@ -62,11 +62,17 @@ def test_love_minus_hate_makes_completions_more_positive(smollm):
     """Same seeds for baseline and steered rows (common random numbers), one batched call."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-    steer = [None] * SAMPLES + [[ActAdd("Love", "Hate", layer=layer, coeff=4.0)] for layer in LAYERS for _ in range(SAMPLES)]
+    steer = [None] * SAMPLES + [
+        [ActAdd("Love", "Hate", layer=layer, coeff=4.0)] for layer in LAYERS for _ in range(SAMPLES)
+    ]
     groups = 1 + len(LAYERS)
     completions = smollm.complete(
-        [PROMPT] * (groups * SAMPLES), seeds=list(range(SAMPLES)) * groups, steer=steer,
-        max_new_tokens=30, top_p=0.3, freq_penalty=1.0,
+        [PROMPT] * (groups * SAMPLES),
+        seeds=list(range(SAMPLES)) * groups,
+        steer=steer,
+        max_new_tokens=30,
+        top_p=0.3,
+        freq_penalty=1.0,
     )
     vader = SentimentIntensityAnalyzer()
     scores = [vader.polarity_scores(c.text)["compound"] for c in completions]
@@ -76,7 +82,12 @@ def test_love_minus_hate_makes_completions_more_positive(smollm):
         steered = scores[index * SAMPLES : (index + 1) * SAMPLES]
         difference = statistics.mean(steered) - statistics.mean(baseline)
         interval = stats.ttest_ind(steered, baseline, equal_var=False).confidence_interval(0.95)
-        report.append(f"layer {layer}: {statistics.mean(steered):+.3f} (Δ {difference:+.3f}, CI {interval.low:+.3f}…{interval.high:+.3f})")
+        report.append(
+            f"layer {layer}: {statistics.mean(steered):+.3f} (Δ {difference:+.3f}, CI {interval.low:+.3f}…{interval.high:+.3f})"
+        )
         assert difference >= 0.2, "; ".join(report)
         assert interval.low > 0, "; ".join(report)
-        assert sum(c.token_ids != b.token_ids for c, b in zip(completions[index * SAMPLES :], completions[:SAMPLES])) > SAMPLES // 2
+        assert (
+            sum(c.token_ids != b.token_ids for c, b in zip(completions[index * SAMPLES :], completions[:SAMPLES]))
+            > SAMPLES // 2
+        )

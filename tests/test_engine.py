@@ -13,14 +13,22 @@ import math
 import struct
 
 import pytest
-import torch
-
 import reference_actadd as ref
+import torch
+from tiny import (
+    N_LAYERS,
+    SYSTEM_PROMPT,
+    hook_count,
+    tiny_lm,
+    tiny_model,
+    tiny_mpt,
+    tiny_threads,
+    tiny_tokenizer,
+)
+
 from actadd_notes.errors import ModelError, SteeringError
 from actadd_notes.steering import ActAdd, SteerableLM, SteeringPlan, SteeringVector, find_blocks, load_model
 from actadd_notes.steering.hooks import recording_block_inputs, steering_hooks
-from tiny import N_LAYERS, SYSTEM_PROMPT, hook_count, tiny_lm, tiny_model, tiny_mpt, tiny_tokenizer
-from tiny import tiny_threads  # noqa: F401  (an autouse fixture: tiny models run on one thread)
 
 PROMPT = "I hate you because you are mean."
 LOVE = ActAdd("Love", "Hate", layer=1, coeff=4.0)
@@ -37,7 +45,9 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def ref_add(lm: SteerableLM, twin, addition: ActAdd, start: int) -> ref.Add:
-    vector = ref.actadd_vector(twin, lm.tokenizer, addition.prompt_add, addition.prompt_sub, addition.layer, lm.prepend_bos)
+    vector = ref.actadd_vector(
+        twin, lm.tokenizer, addition.prompt_add, addition.prompt_sub, addition.layer, lm.prepend_bos
+    )
     return ref.Add(addition.layer, addition.coeff * vector, start)
 
 
@@ -108,10 +118,16 @@ def test_hooks_off_after_an_error_raised_inside_a_forward_pass():
 def test_steering_vector_matches_the_reference(prepend_bos):
     lm, twin = tiny_lm(prepend_bos=prepend_bos), tiny_model()
     for addition in (LOVE, HAPPY, ActAdd("Sad", "Happy people", layer=0, coeff=2.0, pad_token="x")):
-        expected = ref.all_vectors(twin, lm.tokenizer, addition.prompt_add, addition.prompt_sub, prepend_bos, addition.pad_token)
-        add_ids, sub_ids = ref.padded_pair(lm.tokenizer, addition.prompt_add, addition.prompt_sub, prepend_bos, addition.pad_token)
+        expected = ref.all_vectors(
+            twin, lm.tokenizer, addition.prompt_add, addition.prompt_sub, prepend_bos, addition.pad_token
+        )
+        add_ids, sub_ids = ref.padded_pair(
+            lm.tokenizer, addition.prompt_add, addition.prompt_sub, prepend_bos, addition.pad_token
+        )
         for layer in range(N_LAYERS):
-            vector = lm.steering_vector(ActAdd(addition.prompt_add, addition.prompt_sub, layer, addition.coeff, addition.pad_token))
+            vector = lm.steering_vector(
+                ActAdd(addition.prompt_add, addition.prompt_sub, layer, addition.coeff, addition.pad_token)
+            )
             assert vector.vector.shape == (len(add_ids) - int(prepend_bos), 32)
             assert (vector.vector - expected[layer]).abs().max() <= 1e-5
             assert vector.layer == layer and vector.coeff == addition.coeff
@@ -202,7 +218,9 @@ def test_batched_per_row_logits_equal_each_row_alone(family, prepend_bos):
     for row, (prompt, entry) in enumerate(zip(prompts, steer)):
         alone = lm.next_token_logits([prompt], steer=[entry])[0]
         assert (batched[row] - alone).abs().max() <= 1e-4
-        expected = ref.steered_logits(twin, lm.encode(prompt).ids, [ref_add(lm, twin, a, start) for a in entry or ()])[-1]
+        expected = ref.steered_logits(twin, lm.encode(prompt).ids, [ref_add(lm, twin, a, start) for a in entry or ()])[
+            -1
+        ]
         assert (alone - expected).abs().max() <= 1e-4
         if entry:
             assert (alone - lm.next_token_logits([prompt])[0]).abs().max() > 1e-2
@@ -334,7 +352,9 @@ def test_left_padded_batch_complete_equals_each_row_alone(prepend_bos):
 def test_default_seeds_are_seed_plus_row_and_progress_is_reported():
     lm = tiny_lm()
     calls = []
-    out = lm.complete(["Hi", "Hi", "Hi"], seed=7, max_new_tokens=3, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    out = lm.complete(
+        ["Hi", "Hi", "Hi"], seed=7, max_new_tokens=3, batch_size=2, progress=lambda d, t: calls.append((d, t))
+    )
     assert [c.seed for c in out] == [7, 8, 9]
     assert calls == [(2, 3), (3, 3)]
     assert lm.generate(["Hi", "Hi", "Hi"], seed=7, max_new_tokens=3) == [c.text for c in out]
@@ -351,7 +371,9 @@ def test_steering_vector_save_load_round_trip(tmp_path):
         assert getattr(loaded, name) == getattr(vector, name), name
     assert loaded.coeff == 2.5 and loaded.prompt_add == "Liebe ❤"
     long_prompt = "When I think about weddings, I think about flowers."
-    assert torch.equal(lm.next_token_logits([long_prompt], steer=loaded), lm.next_token_logits([long_prompt], steer=vector))
+    assert torch.equal(
+        lm.next_token_logits([long_prompt], steer=loaded), lm.next_token_logits([long_prompt], steer=vector)
+    )
     # provenance is readable without torch: it is the safetensors JSON header
     raw = path.read_bytes()
     (size,) = struct.unpack("<Q", raw[:8])
@@ -457,7 +479,9 @@ def test_a_prompt_shorter_than_the_vector_is_refused():
     vector = lm.steering_vector(long)
     short = lm.encode("Hi")
     assert len(short.ids) - short.start < vector.positions
-    with pytest.raises(SteeringError, match=rf"row 0: the prompt has {len(short.ids) - 1} token\(s\).*covers {vector.positions}"):
+    with pytest.raises(
+        SteeringError, match=rf"row 0: the prompt has {len(short.ids) - 1} token\(s\).*covers {vector.positions}"
+    ):
         lm.next_token_logits(["Hi"], steer=long)
     # in a batch, the short row is named
     with pytest.raises(SteeringError, match="row 1: the prompt has"):
@@ -499,7 +523,9 @@ def test_an_architecture_without_known_blocks_needs_block_path():
     vector = lm.steering_vector(LOVE)
     assert (vector.vector - ref.actadd_vector(twin, lm.tokenizer, "Love", "Hate", 1, True)).abs().max() <= 1e-5
     got = lm.next_token_logits([PROMPT], steer=LOVE)[0]
-    want = ref.steered_logits(twin, lm.encode(PROMPT).ids, [ref.Add(1, LOVE.coeff * vector.vector, 1)], blocks=twin.transformer.blocks)[-1]
+    want = ref.steered_logits(
+        twin, lm.encode(PROMPT).ids, [ref.Add(1, LOVE.coeff * vector.vector, 1)], blocks=twin.transformer.blocks
+    )[-1]
     assert (got - want).abs().max() <= 1e-4
     assert (got - lm.next_token_logits([PROMPT])[0]).abs().max() > 1e-2
     assert hook_count(lm.model) == 0

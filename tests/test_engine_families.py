@@ -5,12 +5,19 @@ no hook is left behind."""
 from __future__ import annotations
 
 import pytest
-import torch
-
 import reference_actadd as ref
+import torch
+from tiny import (
+    BLOCK_PATH,
+    FAMILIES,
+    N_LAYERS,
+    hook_count,
+    tiny_lm,
+    tiny_model,
+    tiny_threads,
+)
+
 from actadd_notes.steering import ActAdd, find_blocks
-from tiny import BLOCK_PATH, FAMILIES, N_LAYERS, hook_count, tiny_lm, tiny_model
-from tiny import tiny_threads  # noqa: F401  (an autouse fixture: tiny models run on one thread)
 
 PROMPT = "I hate you because you are mean."
 LOVE = ActAdd("Love", "Hate", layer=1, coeff=5.0)
@@ -62,6 +69,8 @@ def test_cached_greedy_decoding_matches_the_reference(family):
     lm, twin = tiny_lm(family, prepend_bos=True), tiny_model(family)
     expected = ref.actadd_vector(twin, lm.tokenizer, "Love", "Hate", LOVE.layer, True)
     got = lm.complete([PROMPT], steer=LOVE, temperature=0, max_new_tokens=6)[0]
-    want = ref.greedy(twin, lm.encode(PROMPT).ids, [ref.Add(LOVE.layer, LOVE.coeff * expected, 1)], 6, lm.tokenizer.eos_token_id)
+    want = ref.greedy(
+        twin, lm.encode(PROMPT).ids, [ref.Add(LOVE.layer, LOVE.coeff * expected, 1)], 6, lm.tokenizer.eos_token_id
+    )
     assert list(got.token_ids) == want
     assert hook_count(lm.model) == 0

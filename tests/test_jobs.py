@@ -11,12 +11,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-
-from actadd_notes.errors import ModelError, SpecError, VaultError
-from actadd_notes.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelPool
-from actadd_notes.vault.config import VaultConfig
-from actadd_notes.vault.notes import Note, update_note
-from tiny import tiny_threads  # noqa: F401  (autouse: one CPU thread)
+from tiny import tiny_threads
 from vaults import (
     KONEN,
     QUICK,
@@ -24,15 +19,20 @@ from vaults import (
     TURNER,
     USER_TEXT,
     body,
-    example_vault,  # noqa: F401
+    example_vault,
     experiment_lines,
     journal_lines,
     props,
     result_notes,
-    tiny_model_dir,  # noqa: F401
+    tiny_model_dir,
     wait_for,
     write_spec,
 )
+
+from actadd_notes.errors import ModelError, SpecError, VaultError
+from actadd_notes.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelPool
+from actadd_notes.vault.config import VaultConfig
+from actadd_notes.vault.notes import Note, update_note
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,7 +90,14 @@ def test_the_result_note_has_flat_properties_for_dataview(runner, example_vault,
     assert p["status"] == DONE and p["run_id"] == run_id
     assert (p["best_layer"], p["best_coeff"]) == (props(spec)["best_layer"], props(spec)["best_coeff"])
     assert p["effect"] in ("detected", "none", "unknown")
-    for key in ("best_value", "baseline_value", "difference", "difference_ci_low", "difference_ci_high", "perplexity_ratio"):
+    for key in (
+        "best_value",
+        "baseline_value",
+        "difference",
+        "difference_ci_low",
+        "difference_ci_high",
+        "perplexity_ratio",
+    ):
         assert isinstance(p[key], float), key
     assert list(p["layers"]) == QUICK["layer"] and list(p["coeffs"]) == [float(c) for c in QUICK["coeff"]]
     assert p["samples"] == QUICK["samples"]
@@ -99,7 +106,9 @@ def test_the_result_note_has_flat_properties_for_dataview(runner, example_vault,
     folder = example_vault / "Results" / "artifacts" / f"love {run_id}"
     plots = [line[3:-2] for line in result.body.splitlines() if line.startswith("![[")]
     assert plots and all((example_vault / plot).is_file() and plot.endswith(".png") for plot in plots)
-    assert {"results.json", "completions.csv", f"vector-L{p['best_layer']}.safetensors"} <= {f.name for f in folder.iterdir()}
+    assert {"results.json", "completions.csv", f"vector-L{p['best_layer']}.safetensors"} <= {
+        f.name for f in folder.iterdir()
+    }
     assert result.region("notes") == ""
     # the journal and the literature note link the run
     target = f"Results/love {run_id}"
@@ -114,7 +123,9 @@ def test_a_rerun_of_the_same_run_id_rewrites_its_outputs_without_duplicates(runn
     first = runner.run(spec)
     run_id = props(spec)["run_id"]
     # the user writes into the result note's notes block
-    update_note(first.result_note, lambda n: n.set_region("notes", "Layer 1 looks best; try c=8 next."), vault=example_vault)
+    update_note(
+        first.result_note, lambda n: n.set_region("notes", "Layer 1 looks best; try c=8 next."), vault=example_vault
+    )
     # as after a crash while publishing: the note still says running, with its run id
     update_note(spec, lambda n: n.set("status", RUNNING), vault=example_vault)
     started = props(spec)["started"]
@@ -212,7 +223,9 @@ def test_a_citekey_no_source_knows_is_a_warning_and_missing_notes_are_imported(r
         ({"prompt_add": '""'}, "prompt_add", "empty prompt"),
     ],
 )
-def test_a_malformed_spec_fails_with_the_note_and_key_in_the_error(runner, example_vault, tiny_model_dir, change, key, message):
+def test_a_malformed_spec_fails_with_the_note_and_key_in_the_error(
+    runner, example_vault, tiny_model_dir, change, key, message
+):
     spec = write_spec(example_vault, "bad", tiny_model_dir, **change)
 
     outcome = runner.run(spec)
@@ -309,5 +322,8 @@ def test_spec_notes_lists_specs_with_status_outside_results(example_vault, tiny_
         (example_vault / folder).mkdir(parents=True, exist_ok=True)
         (example_vault / folder / "copy.md").write_text(queued.read_text())
     found = {p.relative_to(example_vault).as_posix(): s for p, s in spec_notes(VaultConfig.load(example_vault))}
-    assert found == {"Experiments/draft.md": "draft", "Experiments/love-hate-sweep.md": "queued", "Experiments/queued.md": "queued"}
-
+    assert found == {
+        "Experiments/draft.md": "draft",
+        "Experiments/love-hate-sweep.md": "queued",
+        "Experiments/queued.md": "queued",
+    }

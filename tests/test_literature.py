@@ -103,8 +103,13 @@ def test_new_note_has_empty_regions_and_parses_as_properties(renderer, turner):
 def test_annotation_comments_multiline_text_and_group_links(renderer, zotero_items):
     konen = dataclasses.replace(zotero_items[KONEN], library_type="group", library_id="4242")
     two_lines = Annotation(
-        key="X", type="underline", text="first line\nsecond line", color="#a28ae5", page_label="iv",
-        attachment_key="P4R7T2V9", date_modified=datetime(2024, 1, 15, 12, 0, tzinfo=UTC),
+        key="X",
+        type="underline",
+        text="first line\nsecond line",
+        color="#a28ae5",
+        page_label="iv",
+        attachment_key="P4R7T2V9",
+        date_modified=datetime(2024, 1, 15, 12, 0, tzinfo=UTC),
     )
     image = Annotation(key="Y", type="image", color="#ffd400", page_label="7", attachment_key="P4R7T2V9")
     konen = dataclasses.replace(konen, annotations=(*konen.annotations, two_lines, image))

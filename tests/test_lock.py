@@ -107,7 +107,9 @@ def test_second_watcher_from_another_process_is_refused_by_name(vault):
     holder = Holder(vault, HOLD_VAULT)
     try:
         assert holder.ready == "ready"
-        expected = rf"^another watcher \(pid {holder.pid} on host {re.escape(HOST)}\) is running on this vault since \d{{4}}-"
+        expected = (
+            rf"^another watcher \(pid {holder.pid} on host {re.escape(HOST)}\) is running on this vault since \d{{4}}-"
+        )
         with pytest.raises(VaultError, match=expected) as info:
             VaultLock(vault).acquire()
         assert info.value.path == vault / ".actadd-notes" / "watcher.lock"

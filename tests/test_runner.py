@@ -14,14 +14,18 @@ from dataclasses import replace
 import pytest
 import torch
 import transformers
+from tiny import (
+    N_LAYERS,
+    hook_count,
+    tiny_lm,
+    tiny_threads,
+)
 
 from actadd_notes.errors import Cancelled, SpecError
 from actadd_notes.experiments.runner import PERPLEXITY, Setting, SettingResult, pick_best, run_experiment
 from actadd_notes.experiments.spec import estimate_work, parse_spec
 from actadd_notes.experiments.stats import Difference, Summary
 from actadd_notes.steering import ActAdd
-from tiny import N_LAYERS, hook_count, tiny_lm
-from tiny import tiny_threads  # noqa: F401  (autouse: tiny models run on one thread)
 
 # prompts of different lengths, so batches are left-padded
 PROMPTS = ["I hate you because", "The weather today is nice and"]
@@ -170,7 +174,12 @@ def _setting(layer, coeff, mean, ratio, limit=1.5):
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
 def test_pick_best_never_returns_a_rejected_setting(direction):
-    settings = [_setting(0, 1.0, 0.2, 1.1), _setting(1, 8.0, 0.99, 9.0), _setting(1, -8.0, -0.99, 9.0), _setting(2, 2.0, -0.1, 1.4)]
+    settings = [
+        _setting(0, 1.0, 0.2, 1.1),
+        _setting(1, 8.0, 0.99, 9.0),
+        _setting(1, -8.0, -0.99, 9.0),
+        _setting(2, 2.0, -0.1, 1.4),
+    ]
     best = pick_best(settings, "sentiment", direction)
     assert best is settings[0 if direction == "maximize" else 3]
     assert pick_best([s for s in settings if s.rejected], "sentiment", direction) is None
@@ -184,7 +193,9 @@ def test_when_every_setting_is_rejected_there_is_no_best_and_the_findings_say_so
 
 
 def test_fluency_as_the_objective_means_perplexity(llama):
-    result = run_experiment(spec_of(layer=2, coeff=[0, 1], objective="fluency", direction="minimize", max_perplexity_ratio=10), llama)
+    result = run_experiment(
+        spec_of(layer=2, coeff=[0, 1], objective="fluency", direction="minimize", max_perplexity_ratio=10), llama
+    )
     assert result.objective == PERPLEXITY
     assert result.best is pick_best(result.settings, PERPLEXITY, "minimize")
     assert result.best is not None
@@ -257,7 +268,9 @@ def test_findings_list_the_rejected_settings(grid):
 
 
 # ------------------------------------------------------------------ bad layers, diagnostics, record
-@pytest.mark.parametrize("properties", [{"layer": [1, N_LAYERS]}, {"layer": [0, 7], "search": "bayes", "coeff": [1, 2]}])
+@pytest.mark.parametrize(
+    "properties", [{"layer": [1, N_LAYERS]}, {"layer": [0, 7], "search": "bayes", "coeff": [1, 2]}]
+)
 def test_a_layer_the_model_lacks_is_refused_naming_the_valid_range(llama, properties):
     with pytest.raises(SpecError) as caught:
         run_experiment(spec_of(**properties), llama, note="Experiments/love.md")
@@ -302,7 +315,9 @@ def test_the_reproducibility_record(grid, llama):
 
 
 def test_provenance_given_by_the_caller_is_kept(llama):
-    result = run_experiment(spec_of(layer=0, coeff=1), llama, provenance={"spec_note": "Experiments/love.md", "empty": ""})
+    result = run_experiment(
+        spec_of(layer=0, coeff=1), llama, provenance={"spec_note": "Experiments/love.md", "empty": ""}
+    )
     assert result.reproducibility["spec_note"] == "Experiments/love.md"
     assert "empty" not in result.reproducibility
 

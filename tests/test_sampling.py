@@ -4,11 +4,12 @@ sampler's distribution, greedy at temperature 0, and top-k / top-p supports."""
 from __future__ import annotations
 
 import pytest
+import reference_actadd as ref
 import torch
 from scipy import stats
+from tiny import tiny_lm, tiny_model, tiny_threads
 from transformers import LogitsProcessorList
 
-import reference_actadd as ref
 from actadd_notes.errors import SteeringError
 from actadd_notes.steering.sampling import (
     FrequencyPenalty,
@@ -17,7 +18,6 @@ from actadd_notes.steering.sampling import (
     logits_processors,
     uniform_noise,
 )
-from tiny import tiny_lm, tiny_model, tiny_threads  # noqa: F401  (tiny_threads: autouse fixture)
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 PROBS = torch.softmax(LOGITS, dim=-1)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from tiny import (
+    tiny_lm,
+    tiny_threads,
+)
 
 from actadd_notes.experiments.runner import PERPLEXITY, Setting, SettingResult, run_experiment
 from actadd_notes.experiments.search import ROUND_SIZE, _trials_to_best, run_bayes
 from actadd_notes.experiments.spec import estimate_work, parse_spec
 from actadd_notes.experiments.stats import Summary
-from tiny import tiny_lm
-from tiny import tiny_threads  # noqa: F401  (autouse: tiny models run on one thread)
 
 TRIALS = 8
 COEFF = [-2, 4]
@@ -38,7 +40,9 @@ def bayes_spec(**overrides):
 
 
 def trial_plan(result) -> list[tuple]:
-    return [(t["number"], t["layer"], t["coeff"], t["value"], t["perplexity_ratio"], t["feasible"]) for t in result.trials]
+    return [
+        (t["number"], t["layer"], t["coeff"], t["value"], t["perplexity_ratio"], t["feasible"]) for t in result.trials
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +171,9 @@ class FakeEvaluator:
             value = None if setting.coeff > self.missing else setting.coeff
             ratio = 1 + abs(setting.coeff) / 10
             summary = Summary(value, value, value, 0 if value is None else 1, None, 0, 0.95)
-            results.append(SettingResult(setting, {"sentiment": summary}, perplexity_ratio=ratio, rejected=ratio > self.limit))
+            results.append(
+                SettingResult(setting, {"sentiment": summary}, perplexity_ratio=ratio, rejected=ratio > self.limit)
+            )
         return results
 
 

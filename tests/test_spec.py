@@ -206,7 +206,7 @@ def test_refusal_names_the_note():
 
 
 def test_unknown_keys_are_kept_and_warned_tool_keys_ignored():
-    assert TOOL_KEYS == {
+    assert {
         "status",
         "started",
         "finished",
@@ -216,7 +216,7 @@ def test_unknown_keys_are_kept_and_warned_tool_keys_ignored():
         "best_coeff",
         "error",
         "run_id",
-    }
+    } == TOOL_KEYS
     tool = {key: "x" for key in TOOL_KEYS}
     spec, warnings = parse_spec(load() | tool | {"sample": 3, "colour": ["red"], "tags": ["steering"]})
     assert spec.unknown == {"type": "actadd-experiment", "sample": 3, "colour": ["red"], "tags": ["steering"]}
@@ -420,7 +420,8 @@ def test_spec_hash_ignores_order_defaults_and_bookkeeping():
     reordered, _ = parse_spec(dict(reversed(list(props.items()))))
     explicit, _ = parse_spec(props | {"top_k": 0, "pad_token": " ", "position": "front", "coeff": [1.0, 2.0, 4.0, 8.0]})
     bookkeeping, _ = parse_spec(
-        props | {"status": "done", "literature": [], "colour": "red", "max_generations": 10**6, "trials": 99, "batch_size": 8}
+        props
+        | {"status": "done", "literature": [], "colour": "red", "max_generations": 10**6, "trials": 99, "batch_size": 8}
     )
     assert len(spec.spec_hash()) == 64
     assert spec.spec_hash() == reordered.spec_hash() == explicit.spec_hash() == bookkeeping.spec_hash()

@@ -23,6 +23,25 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny import tiny_threads
+from vaults import (
+    SLOW,
+    TURNER,
+    USER_TEXT,
+    body,
+    example_vault,
+    experiment_lines,
+    idle_vault,
+    journal_lines,
+    props,
+    result_notes,
+    save_like_obsidian,
+    spec_text,
+    status,
+    tiny_model_dir,
+    wait_for,
+    write_spec,
+)
 
 from actadd_notes.cli import cli
 from actadd_notes.errors import VaultError
@@ -30,25 +49,6 @@ from actadd_notes.jobs import DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelPoo
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.notes import Note
 from actadd_notes.watcher import Watcher
-from tiny import tiny_threads  # noqa: F401  (autouse: one CPU thread for the in-process watcher)
-from vaults import (
-    SLOW,
-    TURNER,
-    USER_TEXT,
-    body,
-    example_vault,  # noqa: F401
-    experiment_lines,
-    idle_vault,  # noqa: F401
-    journal_lines,
-    props,
-    result_notes,
-    save_like_obsidian,
-    spec_text,
-    status,
-    tiny_model_dir,  # noqa: F401
-    wait_for,
-    write_spec,
-)
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -126,7 +126,9 @@ def test_an_obsidian_save_runs_the_spec_exactly_once(idle_vault, tiny_model_dir)
     assert len(plots) >= 3 and all((idle_vault / plot).is_file() for plot in plots)
     # one journal line and one literature line, both linking the run
     assert len(journal_lines(idle_vault)) == 1 and f"[[Results/love {run_id}" in journal_lines(idle_vault)[0]
-    assert len(experiment_lines(idle_vault, TURNER)) == 1 and f"Results/love {run_id}" in experiment_lines(idle_vault)[0]
+    assert (
+        len(experiment_lines(idle_vault, TURNER)) == 1 and f"Results/love {run_id}" in experiment_lines(idle_vault)[0]
+    )
 
 
 def test_on_start_every_queued_spec_runs_and_drafts_wait(idle_vault, tiny_model_dir):
@@ -157,8 +159,11 @@ def test_a_malformed_spec_fails_in_its_note_and_the_watcher_goes_on(idle_vault, 
         save_like_obsidian(bad_yaml, broken)
         save_like_obsidian(good, spec_text(tiny_model_dir))
         wait_for(lambda: status(good) == DONE, 60, "the good spec to finish")
-        wait_for(lambda: any("c-bad-yaml.md" in line and "fix the properties" in line for line in log), 10,
-                 "the invalid YAML to be reported")
+        wait_for(
+            lambda: any("c-bad-yaml.md" in line and "fix the properties" in line for line in log),
+            10,
+            "the invalid YAML to be reported",
+        )
 
     for note, key in ((bad_value, "samples"), (bad_layer, "layer")):
         p = props(note)
@@ -239,13 +244,18 @@ class WatchProcess:
 
     def __init__(self, vault: Path, log: Path):
         script = Path(sys.executable).with_name("actadd-notes")
-        command = [str(script)] if script.exists() else [sys.executable, "-c", "from actadd_notes.cli import main; main()"]
+        command = (
+            [str(script)] if script.exists() else [sys.executable, "-c", "from actadd_notes.cli import main; main()"]
+        )
         self.log = log
         self._file = open(log, "ab")  # noqa: SIM115  (closed in stop)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [*command, "watch", str(vault), "--debounce-ms", str(DEBOUNCE_MS), "--device", "cpu"],
-            stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=vault,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=vault,
         )
         self.pid = self.process.pid
 
@@ -294,7 +304,9 @@ def claim_files(vault: Path) -> list[Path]:
     return sorted((vault / ".actadd-notes" / "jobs").glob("*.json"))
 
 
-def test_a_watcher_killed_mid_job_finishes_it_on_restart_without_duplicates(idle_vault, tiny_model_dir, watch_processes):
+def test_a_watcher_killed_mid_job_finishes_it_on_restart_without_duplicates(
+    idle_vault, tiny_model_dir, watch_processes
+):
     spec = write_spec(idle_vault, "love", tiny_model_dir, work=SLOW)  # queued before start: the scan finds it
 
     first = watch_processes(idle_vault)
@@ -370,7 +382,10 @@ def test_the_demo_runs_the_example_vault_end_to_end(demo_vault):
     run_id = Note.read(result).properties["run_id"]
     # a metrics table with the baseline and every setting of the 5 × 4 grid
     table = [line for line in text.splitlines() if line.startswith("| ") and (" c" in line or "baseline" in line)]
-    assert "| Setting | sentiment |" in text and len([row for row in table if re.match(r"\| (L\d+ c\d|baseline)", row)]) == 21
+    assert (
+        "| Setting | sentiment |" in text
+        and len([row for row in table if re.match(r"\| (L\d+ c\d|baseline)", row)]) == 21
+    )
     plots = re.findall(r"^!\[\[(.+\.png)\]\]$", text, re.MULTILINE)
     assert plots and all((target / plot).is_file() for plot in plots)
     assert "> [!example]- Baseline (no steering)" in text and "> [!example]- Best: " in text

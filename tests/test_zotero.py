@@ -389,7 +389,7 @@ def test_missing_bbt_export_names_the_file(tmp_path):
     [
         (b"{not json", "is not valid JSON"),
         (b'{"references": []}', "neither Better CSL JSON"),
-        (b"[{\"title\": \"Caf\xe9\"}]", "not UTF-8"),
+        (b'[{"title": "Caf\xe9"}]', "not UTF-8"),
     ],
 )
 def test_unreadable_bbt_export_says_why(tmp_path, content, message):

@@ -33,14 +33,32 @@ _CORPUS = [
 ]
 
 FAMILIES = (
-    "gpt2", "gptj", "gpt_neox", "opt", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3",
+    "gpt2",
+    "gptj",
+    "gpt_neox",
+    "opt",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
 )
 
 # where find_blocks must find each family's decoder blocks
 BLOCK_PATH = {
-    "gpt2": "transformer.h", "gptj": "transformer.h", "gpt_neox": "gpt_neox.layers", "opt": "model.decoder.layers",
-    "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers", "qwen3": "model.layers",
-    "gemma": "model.layers", "gemma2": "model.layers", "phi3": "model.layers",
+    "gpt2": "transformer.h",
+    "gptj": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "opt": "model.decoder.layers",
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "phi3": "model.layers",
 }
 
 N_LAYERS = 3
@@ -71,7 +89,9 @@ def tiny_tokenizer():
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json()),
-        bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -90,8 +110,15 @@ def tiny_config(family: str):
     init = {"initializer_range": INIT}
     v, n = vocab_size(), N_LAYERS
     llama_like = {
-        "vocab_size": v, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": n,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, **ids, **init,
+        "vocab_size": v,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": n,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        **ids,
+        **init,
     }
     if family == "gpt2":
         return t.GPT2Config(vocab_size=v, n_embd=32, n_layer=n, n_head=4, n_positions=256, **ids, **init)
@@ -99,13 +126,26 @@ def tiny_config(family: str):
         return t.GPTJConfig(vocab_size=v, n_embd=32, n_layer=n, n_head=4, rotary_dim=4, n_positions=256, **ids, **init)
     if family == "gpt_neox":
         return t.GPTNeoXConfig(
-            vocab_size=v, hidden_size=32, num_hidden_layers=n, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=256, **ids, **init,
+            vocab_size=v,
+            hidden_size=32,
+            num_hidden_layers=n,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            **ids,
+            **init,
         )
     if family == "opt":
         return t.OPTConfig(
-            vocab_size=v, hidden_size=32, num_hidden_layers=n, num_attention_heads=4, ffn_dim=64,
-            word_embed_proj_dim=32, max_position_embeddings=256, init_std=INIT, **ids,
+            vocab_size=v,
+            hidden_size=32,
+            num_hidden_layers=n,
+            num_attention_heads=4,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            max_position_embeddings=256,
+            init_std=INIT,
+            **ids,
         )
     if family == "llama":
         return t.LlamaConfig(**llama_like)
@@ -147,8 +187,15 @@ def tiny_mpt(*, seed: int = 0):
     import transformers as t
 
     config = t.MptConfig(
-        d_model=32, n_heads=4, n_layers=N_LAYERS, vocab_size=vocab_size(), max_seq_len=256, initializer_range=INIT,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        d_model=32,
+        n_heads=4,
+        n_layers=N_LAYERS,
+        vocab_size=vocab_size(),
+        max_seq_len=256,
+        initializer_range=INIT,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(seed)
     return t.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

@@ -62,13 +62,28 @@ def idle_vault(example_vault) -> Path:
     return example_vault
 
 
-def spec_text(model: Path | str, *, status: str = "queued", work: dict[str, Any] = QUICK,
-              literature: list[str] = (f"[[@{TURNER}]]",), body: str = USER_TEXT, **extra: Any) -> str:
+def spec_text(
+    model: Path | str,
+    *,
+    status: str = "queued",
+    work: dict[str, Any] = QUICK,
+    literature: list[str] = (f"[[@{TURNER}]]",),
+    body: str = USER_TEXT,
+    **extra: Any,
+) -> str:
     """A spec note in the layout Obsidian writes (flow lists, a quoted wikilink list)."""
     props: dict[str, Any] = {
-        "type": "actadd-experiment", "status": status, "model": str(model), "prompt_add": "Love",
-        "prompt_sub": "Hate", **work, "prompts": ["I hate you because"], "seed": 0,
-        "metrics": "[sentiment, fluency]", "literature": literature, **extra,
+        "type": "actadd-experiment",
+        "status": status,
+        "model": str(model),
+        "prompt_add": "Love",
+        "prompt_sub": "Hate",
+        **work,
+        "prompts": ["I hate you because"],
+        "seed": 0,
+        "metrics": "[sentiment, fluency]",
+        "literature": literature,
+        **extra,
     }
     lines = ["---"]
     for key, value in props.items():
@@ -129,8 +144,12 @@ def result_notes(vault: Path) -> list[Path]:
 
 def journal_lines(vault: Path, needle: str = "[[Results/") -> list[str]:
     """Lines of every daily note that link a result (or hold `needle`)."""
-    return [line for note in sorted((vault / "Journal").glob("*.md"))
-            for line in note.read_text(encoding="utf-8").splitlines() if needle in line]
+    return [
+        line
+        for note in sorted((vault / "Journal").glob("*.md"))
+        for line in note.read_text(encoding="utf-8").splitlines()
+        if needle in line
+    ]
 
 
 def experiment_lines(vault: Path, citekey: str = TURNER) -> list[str]:

@@ -60,7 +60,9 @@ class ZoteroServer:
             selected = [] if self.search_misses else found
         return self._page(path, query, selected)
 
-    def _page(self, path: str, query: dict[str, str], selected: list[dict[str, Any]]) -> tuple[int, dict[str, str], list]:
+    def _page(
+        self, path: str, query: dict[str, str], selected: list[dict[str, Any]]
+    ) -> tuple[int, dict[str, str], list]:
         start = int(query.get("start", 0))
         limit = min(int(query.get("limit", 25)), self.max_limit)
         headers = {"Total-Results": str(len(selected))}
@@ -86,7 +88,7 @@ def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
     state = ZoteroServer(items=knobs.pop("items", None) or load_library(), **knobs)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             headers = {k.lower(): v for k, v in self.headers.items()}
@@ -105,7 +107,7 @@ def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

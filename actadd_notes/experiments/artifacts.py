@@ -52,10 +52,18 @@ def completions_csv(result: ExperimentResult) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow(["setting", "layer", "coeff", "prompt", "sample", "seed", "completion", *names])
     for s in result.samples:
-        writer.writerow([
-            s.setting.label, s.setting.layer, s.setting.coeff, s.completion.prompt, s.sample,
-            s.completion.seed, s.completion.text, *(_cell(s.scores.get(n)) for n in names),
-        ])
+        writer.writerow(
+            [
+                s.setting.label,
+                s.setting.layer,
+                s.setting.coeff,
+                s.completion.prompt,
+                s.sample,
+                s.completion.seed,
+                s.completion.text,
+                *(_cell(s.scores.get(n)) for n in names),
+            ]
+        )
     return buffer.getvalue().encode()
 
 
@@ -73,7 +81,12 @@ def vectors(result: ExperimentResult, lm: SteerableLM) -> dict[str, bytes]:
     if result.best is None:
         return {}
     spec = result.spec
-    wanted = [(f"vector-L{result.best.setting.layer}.safetensors", ActAdd(spec.prompt_add, spec.prompt_sub, result.best.setting.layer, 1.0, spec.pad_token))]
+    wanted = [
+        (
+            f"vector-L{result.best.setting.layer}.safetensors",
+            ActAdd(spec.prompt_add, spec.prompt_sub, result.best.setting.layer, 1.0, spec.pad_token),
+        )
+    ]
     wanted += [
         (f"vector-extra{n}-L{a.layer}.safetensors", ActAdd(a.add, a.sub, a.layer, 1.0, spec.pad_token))
         for n, a in enumerate(spec.extra_additions, 1)
@@ -93,7 +106,10 @@ def plots(result: ExperimentResult) -> dict[str, bytes]:
     matplotlib.use("Agg")
     figures: dict[str, Figure] = {}
     steered = result.settings
-    if result.spec.search == "grid" and len({s.setting.layer for s in steered}) * len({s.setting.coeff for s in steered}) > 1:
+    if (
+        result.spec.search == "grid"
+        and len({s.setting.layer for s in steered}) * len({s.setting.coeff for s in steered}) > 1
+    ):
         figures["heatmap.png"] = _heatmap(result)
     for metric in _plotted_metrics(result):
         figures[f"{metric}-vs-coeff.png"] = _metric_vs_coeff(result, metric)
@@ -104,7 +120,9 @@ def plots(result: ExperimentResult) -> dict[str, bytes]:
 
 
 def _plotted_metrics(result: ExperimentResult) -> list[str]:
-    return [result.objective] + [m for m in [PERPLEXITY, *result.spec.metrics] if m not in (result.objective, "fluency")]
+    return [result.objective] + [
+        m for m in [PERPLEXITY, *result.spec.metrics] if m not in (result.objective, "fluency")
+    ]
 
 
 def _png(figure: Figure) -> bytes:
@@ -133,7 +151,11 @@ def _heatmap(result: ExperimentResult) -> Figure:
     axes.set_xlabel("coefficient c")
     axes.set_ylabel("layer l")
     base = result.baseline.objective(result.objective)
-    axes.set_title(f"{result.objective} (baseline {base:.3f}); × guard = rejected for fluency" if base is not None else result.objective)
+    axes.set_title(
+        f"{result.objective} (baseline {base:.3f}); × guard = rejected for fluency"
+        if base is not None
+        else result.objective
+    )
     for s in result.settings:
         y, x = layers.index(s.setting.layer), coeffs.index(s.setting.coeff)
         value = s.objective(result.objective)
@@ -154,13 +176,19 @@ def _metric_vs_coeff(result: ExperimentResult, metric: str) -> Figure:
             axes.axhspan(base.ci_low, base.ci_high, color="black", alpha=0.1)
     for layer in sorted({s.setting.layer for s in result.settings}):
         rows = sorted((s for s in result.settings if s.setting.layer == layer), key=lambda s: s.setting.coeff)
-        points = [(s.setting.coeff, s.metrics[metric]) for s in rows if metric in s.metrics and s.metrics[metric].mean is not None]
+        points = [
+            (s.setting.coeff, s.metrics[metric])
+            for s in rows
+            if metric in s.metrics and s.metrics[metric].mean is not None
+        ]
         if not points:
             continue
         xs = [x for x, _ in points]
         line = axes.plot(xs, [m.mean for _, m in points], marker="o", label=f"layer {layer}")[0]
         if all(m.ci_low is not None for _, m in points):
-            axes.fill_between(xs, [m.ci_low for _, m in points], [m.ci_high for _, m in points], color=line.get_color(), alpha=0.15)
+            axes.fill_between(
+                xs, [m.ci_low for _, m in points], [m.ci_high for _, m in points], color=line.get_color(), alpha=0.15
+            )
     axes.set_xlabel("coefficient c")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} vs coefficient (95% CI bands)")
@@ -185,7 +213,9 @@ def _objective_vs_fluency(result: ExperimentResult) -> Figure:
     if base is not None:
         axes.axhline(base, color="black", lw=1, ls=":", label="baseline")
     if result.best is not None:
-        axes.annotate(result.best.setting.label, (result.best.perplexity_ratio, result.best.objective(result.objective)))
+        axes.annotate(
+            result.best.setting.label, (result.best.perplexity_ratio, result.best.objective(result.objective))
+        )
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     axes.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
@@ -216,7 +246,13 @@ def _trial_history(result: ExperimentResult) -> Figure:
     numbers = [t["number"] + 1 for t in result.trials]
     colours = ["tab:blue" if t["feasible"] else "tab:red" for t in result.trials]
     axes.scatter(numbers, [t["value"] for t in result.trials], c=colours, s=18, label="trial (red: rejected)")
-    axes.step(numbers, [b if b is not None else float("nan") for b in best_so_far], where="post", color="black", label="best feasible so far")
+    axes.step(
+        numbers,
+        [b if b is not None else float("nan") for b in best_so_far],
+        where="post",
+        color="black",
+        label="best feasible so far",
+    )
     axes.set_xlabel("trial")
     axes.set_ylabel(result.objective)
     axes.set_title("Bayesian search (TPE) history")

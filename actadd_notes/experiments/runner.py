@@ -99,7 +99,9 @@ class ExperimentResult:
 
     def examples(self, setting: Setting, limit: int = 5) -> list[dict[str, Any]]:
         rows = [s for s in self.samples if s.setting == setting][:limit]
-        return [{"prompt": s.completion.prompt, "completion": s.completion.text, "seed": s.completion.seed} for s in rows]
+        return [
+            {"prompt": s.completion.prompt, "completion": s.completion.text, "seed": s.completion.seed} for s in rows
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,8 +133,15 @@ ProgressCallback = Callable[[int, int, str], None]
 class Evaluator:
     """Scores batches of settings against one shared baseline; the search strategies call it."""
 
-    def __init__(self, spec: ExperimentSpec, lm: SteerableLM, *, progress: ProgressCallback | None = None,
-                 cancelled: Callable[[], bool] | None = None, total_rows: int = 0):
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        lm: SteerableLM,
+        *,
+        progress: ProgressCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        total_rows: int = 0,
+    ):
         self.spec = spec
         self.lm = lm
         self.metrics: list[Metric] = build_text_metrics(
@@ -211,7 +220,9 @@ class Evaluator:
             self._baseline_logits = self.lm.next_token_logits(spec.prompts, chat=spec.chat)
         if setting.is_baseline:
             return [0.0] * len(spec.prompts)
-        steered = self.lm.next_token_logits(spec.prompts, steer=self._additions(setting), chat=spec.chat, position=spec.position)
+        steered = self.lm.next_token_logits(
+            spec.prompts, steer=self._additions(setting), chat=spec.chat, position=spec.position
+        )
         p = torch.log_softmax(steered, -1)
         q = torch.log_softmax(self._baseline_logits, -1)
         return (p.exp() * (p - q)).sum(-1).tolist()
@@ -330,19 +341,28 @@ def findings(result: ExperimentResult) -> list[str]:
             f"{spec.max_perplexity_ratio:g}×), and the best of many noisy estimates is optimistic: re-score it "
             "on fresh seeds (another `seed`, more `samples`) before relying on it."
         )
-    against = [s for s in result.settings if not s.rejected and s.differences.get(metric)
-               and s.differences[metric].ci_low is not None
-               and (s.differences[metric].ci_high < 0 if spec.direction == "maximize" else s.differences[metric].ci_low > 0)]
+    against = [
+        s
+        for s in result.settings
+        if not s.rejected
+        and s.differences.get(metric)
+        and s.differences[metric].ci_low is not None
+        and (s.differences[metric].ci_high < 0 if spec.direction == "maximize" else s.differences[metric].ci_low > 0)
+    ]
     if against:
         labels = ", ".join(s.setting.label for s in against[:6])
         lines.append(f"{len(against)} setting(s) moved {metric} the opposite way: {labels}.")
     negative = [s for s in result.settings if s.setting.coeff is not None and s.setting.coeff < 0 and not s.rejected]
     if negative and not any(s in against for s in negative) and spec.direction == "maximize":
-        lines.append(f"Negative coefficients did not detectably reverse {metric} (on small models they mostly add noise).")
+        lines.append(
+            f"Negative coefficients did not detectably reverse {metric} (on small models they mostly add noise)."
+        )
     return lines
 
 
-def vector_diagnostics(spec: ExperimentSpec, lm: SteerableLM, settings: Sequence[SettingResult]) -> list[dict[str, Any]]:
+def vector_diagnostics(
+    spec: ExperimentSpec, lm: SteerableLM, settings: Sequence[SettingResult]
+) -> list[dict[str, Any]]:
     """Per-position norms of each vector used, against the residual norm typical at its layer.
 
     Small models carry huge activations at the first position and at lone pad tokens; those
@@ -359,17 +379,21 @@ def vector_diagnostics(spec: ExperimentSpec, lm: SteerableLM, settings: Sequence
         for layer in pair_layers:
             vector = lm.steering_vector(ActAdd(add, sub, layer, 1.0, spec.pad_token))
             first = [float(n[layer, 0]) for n in prompt_norms]
-            rest = torch.cat([n[layer, 1:] for n in prompt_norms]) if any(n.shape[1] > 1 for n in prompt_norms) else None
-            rows.append({
-                "prompt_add": add,
-                "prompt_sub": sub,
-                "layer": layer,
-                "tokens_add": _readable_tokens(lm, vector.add_ids),
-                "tokens_sub": _readable_tokens(lm, vector.sub_ids),
-                "vector_norms": [round(float(x), 2) for x in vector.vector.float().norm(dim=-1)],
-                "residual_norm_first_position": round(sum(first) / len(first), 2),
-                "residual_norm_typical": round(float(rest.median()), 2) if rest is not None else None,
-            })
+            rest = (
+                torch.cat([n[layer, 1:] for n in prompt_norms]) if any(n.shape[1] > 1 for n in prompt_norms) else None
+            )
+            rows.append(
+                {
+                    "prompt_add": add,
+                    "prompt_sub": sub,
+                    "layer": layer,
+                    "tokens_add": _readable_tokens(lm, vector.add_ids),
+                    "tokens_sub": _readable_tokens(lm, vector.sub_ids),
+                    "vector_norms": [round(float(x), 2) for x in vector.vector.float().norm(dim=-1)],
+                    "residual_norm_first_position": round(sum(first) / len(first), 2),
+                    "residual_norm_typical": round(float(rest.median()), 2) if rest is not None else None,
+                }
+            )
     return rows
 
 

@@ -25,7 +25,9 @@ def run_grid(spec: ExperimentSpec, evaluator: Evaluator) -> list[SettingResult]:
     return evaluator.evaluate([Setting(layer, float(coeff)) for layer in spec.layers for coeff in spec.coeffs])
 
 
-def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tuple[list[SettingResult], list[dict[str, Any]], int | None]:
+def run_bayes(
+    spec: ExperimentSpec, evaluator: Evaluator, objective: str
+) -> tuple[list[SettingResult], list[dict[str, Any]], int | None]:
     """TPE over the spec's ranges; returns the evaluated settings, the trial log and trials-to-best."""
     import optuna
 
@@ -37,9 +39,9 @@ def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tup
     sampler = optuna.samplers.TPESampler(
         seed=spec.seed,
         n_startup_trials=min(8, max(2, (spec.trials or 20) // 3)),
-        constraints_func=None if per_trial else (
-            lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio]
-        ),
+        constraints_func=None
+        if per_trial
+        else (lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio]),
         constant_liar=True,
     )
     study = optuna.create_study(direction=spec.direction, sampler=sampler)
@@ -52,7 +54,9 @@ def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tup
         settings = [
             Setting(
                 t.suggest_int("layer", layer_lo, layer_hi),
-                _readable(t.suggest_float("coeff", coeff_lo, coeff_hi, log=spec.coeff_scale == "log"), coeff_lo, coeff_hi),
+                _readable(
+                    t.suggest_float("coeff", coeff_lo, coeff_hi, log=spec.coeff_scale == "log"), coeff_lo, coeff_hi
+                ),
             )
             for t in asked
         ]
@@ -66,14 +70,16 @@ def run_bayes(spec: ExperimentSpec, evaluator: Evaluator, objective: str) -> tup
             else:
                 study.tell(trial, value)
             results.append(result)
-            log.append({
-                "number": trial.number,
-                "layer": result.setting.layer,
-                "coeff": result.setting.coeff,
-                "value": value,
-                _RATIO: result.perplexity_ratio,
-                "feasible": not result.rejected,
-            })
+            log.append(
+                {
+                    "number": trial.number,
+                    "layer": result.setting.layer,
+                    "coeff": result.setting.coeff,
+                    "value": value,
+                    _RATIO: result.perplexity_ratio,
+                    "feasible": not result.rejected,
+                }
+            )
     return results, log, _trials_to_best(log, spec.direction)
 
 
@@ -90,4 +96,6 @@ def _trials_to_best(log: list[dict[str, Any]], direction: str) -> int | None:
         return None
     sign = 1 if direction == "maximize" else -1
     best = max(sign * t["value"] for t in feasible)
-    return next(i for i, t in enumerate(log, 1) if t["feasible"] and t["value"] is not None and sign * t["value"] >= best)
+    return next(
+        i for i, t in enumerate(log, 1) if t["feasible"] and t["value"] is not None and sign * t["value"] >= best
+    )

@@ -7,6 +7,14 @@ from actadd_notes.steering.sampling import Sampling
 from actadd_notes.steering.vectors import ActAdd, SteeringVector
 
 __all__ = [
-    "BLOCK_PATHS", "EMBEDDED", "ActAdd", "Completion", "Sampling", "SteerableLM", "SteeringPlan",
-    "SteeringVector", "find_blocks", "load_model",
+    "BLOCK_PATHS",
+    "EMBEDDED",
+    "ActAdd",
+    "Completion",
+    "Sampling",
+    "SteerableLM",
+    "SteeringPlan",
+    "SteeringVector",
+    "find_blocks",
+    "load_model",
 ]

@@ -85,7 +85,9 @@ def recording_block_inputs(blocks: nn.ModuleList, layers: Sequence[int]) -> Iter
     handles = []
     try:
         for layer in layers:
-            handles.append(blocks[layer].register_forward_pre_hook(_make_record_hook(captured, layer), with_kwargs=True))
+            handles.append(
+                blocks[layer].register_forward_pre_hook(_make_record_hook(captured, layer), with_kwargs=True)
+            )
         yield captured
     finally:
         for handle in handles:
@@ -159,7 +161,9 @@ def _make_position_hook(state: _CallState, plan: SteeringPlan) -> Callable:
         state.past, state.length = _cache_length(kwargs), length
         if state.past == 0:
             state.deltas = {}
-            state.starts = plan.starts or _starts_from_batch(tokens, kwargs.get("attention_mask"), plan.bos_id, batch, length)
+            state.starts = plan.starts or _starts_from_batch(
+                tokens, kwargs.get("attention_mask"), plan.bos_id, batch, length
+            )
             if plan.rows is not None and len(plan.rows) != batch:
                 raise SteeringError(f"the steering plan has {len(plan.rows)} rows but the batch has {batch}")
 
@@ -178,7 +182,9 @@ def _starts_from_batch(tokens, mask, bos_id: int | None, batch: int, length: int
     return tuple(starts)
 
 
-def _build_delta(plan: SteeringPlan, layer: int, state: _CallState, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+def _build_delta(
+    plan: SteeringPlan, layer: int, state: _CallState, batch: int, like: torch.Tensor
+) -> torch.Tensor | None:
     """Front mode: [B, span, d] to add from absolute position 0. All mode: [B, d] for every position.
 
     Rows sharing a vector object are written with one indexed add, so a 560-row sweep over
@@ -250,7 +256,9 @@ def steering_hooks(model: nn.Module, blocks: nn.ModuleList, plan: SteeringPlan) 
     try:
         handles.append(model.register_forward_pre_hook(_make_position_hook(state, plan), with_kwargs=True))
         for layer in plan.layers:
-            handles.append(blocks[layer].register_forward_pre_hook(_make_add_hook(plan, state, layer), with_kwargs=True))
+            handles.append(
+                blocks[layer].register_forward_pre_hook(_make_add_hook(plan, state, layer), with_kwargs=True)
+            )
         yield
     finally:
         for handle in handles:

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 
 from actadd_notes.errors import ModelError, SteeringError
-from actadd_notes.steering.hooks import SteeringPlan, find_blocks, recording_block_inputs, steering_hooks, steering_suspended
+from actadd_notes.steering.hooks import (
+    SteeringPlan,
+    find_blocks,
+    recording_block_inputs,
+    steering_hooks,
+    steering_suspended,
+)
 from actadd_notes.steering.sampling import Sampling, logits_processors
 from actadd_notes.steering.vectors import ActAdd, SteeringVector
 
@@ -164,7 +170,9 @@ class SteerableLM:
     def _pad_id_of(self, pad_token: str) -> int:
         ids = self.tokenizer.encode(pad_token, add_special_tokens=False)
         if len(ids) != 1:
-            raise SteeringError(f"pad_token {pad_token!r} is {len(ids)} tokens for {self.short_name}; it must be exactly one")
+            raise SteeringError(
+                f"pad_token {pad_token!r} is {len(ids)} tokens for {self.short_name}; it must be exactly one"
+            )
         return ids[0]
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -175,7 +183,9 @@ class SteerableLM:
         return ids, mask, pads
 
     # -------------------------------------------------------------- vectors
-    def activations(self, prompts: Sequence[str], *, pad_token: str = " ") -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    def activations(
+        self, prompts: Sequence[str], *, pad_token: str = " "
+    ) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
         """Residual stream at the input of every block: [layers, len(prompts), T, d], one forward pass.
 
         Prompts are tokenised like the reference ActAdd code (BOS where the model uses one) and
@@ -196,7 +206,9 @@ class SteerableLM:
         self.check_layer(addition.layer)
         key = (addition.prompt_add, addition.prompt_sub, addition.pad_token)
         if key not in self._vectors:
-            stacked, (add_ids, sub_ids) = self.activations([addition.prompt_add, addition.prompt_sub], pad_token=addition.pad_token)
+            stacked, (add_ids, sub_ids) = self.activations(
+                [addition.prompt_add, addition.prompt_sub], pad_token=addition.pad_token
+            )
             skip = 1 if self.prepend_bos else 0  # the BOS row is identical for both prompts
             self._vectors[key] = ((stacked[:, 0] - stacked[:, 1])[:, skip:], add_ids, sub_ids)
             while len(self._vectors) > self._vector_cache_size:
@@ -215,7 +227,9 @@ class SteerableLM:
             provenance={**self.provenance(), "prepend_bos": str(self.prepend_bos)},
         )
 
-    def _resolve(self, additions: Sequence[Addition], memo: dict[ActAdd, SteeringVector] | None = None) -> tuple[SteeringVector, ...]:
+    def _resolve(
+        self, additions: Sequence[Addition], memo: dict[ActAdd, SteeringVector] | None = None
+    ) -> tuple[SteeringVector, ...]:
         """ActAdds become vectors; `memo` makes equal ActAdds share one vector object, which the
         hooks use to steer all rows of a setting with one indexed add."""
         memo = {} if memo is None else memo
@@ -257,7 +271,9 @@ class SteerableLM:
             elif isinstance(entry, (list, tuple)):
                 per_row.append(self._resolve(entry, memo))
             else:
-                raise SteeringError(f"steer[{index}]: per-row entries are None or a list of additions; wrap it in a list")
+                raise SteeringError(
+                    f"steer[{index}]: per-row entries are None or a list of additions; wrap it in a list"
+                )
         return per_row
 
     @contextmanager
@@ -269,7 +285,9 @@ class SteerableLM:
         the user's message instead.
         """
         vectors = self._resolve(additions)
-        plan = SteeringPlan(shared=vectors, bos_id=self.tokenizer.bos_token_id if self.prepend_bos else None, position=position)
+        plan = SteeringPlan(
+            shared=vectors, bos_id=self.tokenizer.bos_token_id if self.prepend_bos else None, position=position
+        )
         with steering_hooks(self.model, self.blocks, plan):
             yield vectors
 
@@ -279,10 +297,14 @@ class SteerableLM:
         (the LM head over a large vocabulary dominates the cost of scoring)."""
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         extra = {"logits_to_keep": keep} if keep and self._keeps_logits else {}
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra).logits
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra
+        ).logits
         return logits[:, -keep:] if keep else logits
 
-    def next_token_logits(self, prompts: Sequence[str], *, steer: Steer = None, chat: bool = False, position: str = "front") -> torch.Tensor:
+    def next_token_logits(
+        self, prompts: Sequence[str], *, steer: Steer = None, chat: bool = False, position: str = "front"
+    ) -> torch.Tensor:
         """[batch, vocab] float32 logits at each row's last real token."""
         encoded = [self.encode(p, chat=chat) for p in prompts]
         per_row = self._per_row(steer, len(encoded))
@@ -330,13 +352,20 @@ class SteerableLM:
             len(prompts),
             batch_size,
             lambda chunk: self._complete_batch(
-                prompts[chunk], encoded[chunk], list(seeds[chunk]), per_row[chunk] if per_row else None,
-                settings, max_new_tokens, position,
+                prompts[chunk],
+                encoded[chunk],
+                list(seeds[chunk]),
+                per_row[chunk] if per_row else None,
+                settings,
+                max_new_tokens,
+                position,
             ),
             progress,
         )
 
-    def _in_batches(self, count: int, batch_size: int | None, run: Callable[[slice], list], progress: Progress | None = None) -> list:
+    def _in_batches(
+        self, count: int, batch_size: int | None, run: Callable[[slice], list], progress: Progress | None = None
+    ) -> list:
         """`run` over consecutive slices of `count` rows; out of memory halves the batch and retries."""
         size = batch_size or DEFAULT_BATCH_SIZE
         results: list = []
@@ -358,18 +387,26 @@ class SteerableLM:
         """Completion texts only; the arguments are those of `complete`."""
         return [c.text for c in self.complete(prompts, **kwargs)]
 
-    def _complete_batch(self, prompts, encoded, seeds, per_row, settings: Sampling, max_new_tokens: int, position: str) -> list[Completion]:
+    def _complete_batch(
+        self, prompts, encoded, seeds, per_row, settings: Sampling, max_new_tokens: int, position: str
+    ) -> list[Completion]:
         from transformers import GenerationConfig
 
         ids, mask, pads = self._left_pad([e.ids for e in encoded])
         eos = self.tokenizer.eos_token_id
         config = GenerationConfig(
-            do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id, eos_token_id=eos,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=eos,
         )
         processors = logits_processors(settings, seeds, pads)
         with torch.inference_mode(), self._applied(per_row, encoded, pads, position):
             output = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=config, logits_processor=processors,
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=processors,
             )
         completions = []
         for row, prompt in enumerate(prompts):

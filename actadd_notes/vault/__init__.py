@@ -36,7 +36,7 @@ __all__ = [
     "find_vault_root",
     "journal_entry",
     "resolve_in_vault",
-    "safe_filename",
     "rewrite_note",
+    "safe_filename",
     "update_note",
 ]
