@@ -74,7 +74,7 @@ def _cache() -> Check:
 
 def _vault(vault: Path | None) -> list[Check]:
     from actadd_notes.vault.config import VaultConfig, find_vault_root
-    from actadd_notes.vault.zotero import sources_from_config
+    from actadd_notes.zotero import sources_from_config
 
     try:
         root = vault.resolve() if vault is not None else find_vault_root(Path.cwd())
@@ -99,7 +99,7 @@ def _reachable(source) -> tuple[bool, str]:
     import socket
     from urllib.parse import urlparse
 
-    from actadd_notes.vault.zotero import BetterBibTexSource, LocalApiSource, SkippedSource
+    from actadd_notes.zotero import BetterBibTexSource, LocalApiSource, SkippedSource
 
     if isinstance(source, SkippedSource):
         return False, source.reason

@@ -15,8 +15,8 @@ from actadd_notes.vault.journal import (
     daily_note_path,
     fill_daily_template,
     journal_entry,
-    moment_format,
 )
+from actadd_notes.vault.moment import moment_format
 from actadd_notes.vault.templates import TemplateRenderer
 
 WHEN = datetime(2024, 1, 2, 9, 5, 7, 123456)  # a Tuesday

@@ -14,6 +14,7 @@ from zotero_server import serve_zotero
 from actadd_notes.errors import VaultError, ZoteroError
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.literature import (
+    RefreshWouldDropText,
     citekeys_from_links,
     ensure_literature_notes,
     link_experiment,
@@ -25,7 +26,7 @@ from actadd_notes.vault.literature import (
 )
 from actadd_notes.vault.notes import Note
 from actadd_notes.vault.templates import TemplateRenderer
-from actadd_notes.vault.zotero import Annotation, BetterBibTexSource, LocalApiSource, ZoteroItem
+from actadd_notes.zotero import Annotation, BetterBibTexSource, LocalApiSource, ZoteroItem
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = (DATA / "literature-note-reference.md").read_text(encoding="utf-8")
@@ -254,7 +255,14 @@ def test_refresh_takes_zotero_changes_and_keeps_the_users(config, renderer, turn
         annotations=turner.annotations[:1],
     )
 
-    write_literature_note(config, renderer, updated, refresh=True, now=LATER)
+    before = path.read_bytes()
+    with pytest.raises(RefreshWouldDropText) as refused:  # the old abstract and annotations would go
+        write_literature_note(config, renderer, updated, refresh=True, now=LATER)
+    assert path.read_bytes() == before
+    assert any("Reliably controlling" in line for line in refused.value.lines)
+    assert "--force" in str(refused.value)
+
+    write_literature_note(config, renderer, updated, refresh=True, force=True, now=LATER)
 
     text = path.read_text(encoding="utf-8")
     note = Note.parse(text, path)
@@ -263,7 +271,7 @@ def test_refresh_takes_zotero_changes_and_keeps_the_users(config, renderer, turn
         "tags: [Computer_Science/Computation_and_Language, Computer_Science/Machine_Learning, recommended, "
         "reading_complete, generation_steering, to_reread, Computer_Science/Artificial_Intelligence]\n"
         "aliases:\n  - ActAdd  # the paper's short name\nstatus: reading\n"
-        f"citekey: {TURNER}\n---\n"
+        f'citekey: "{TURNER}"\n---\n'
     )
     assert note.region("notes") == USER_NOTES_WITH_HEADING
     assert note.region("experiments") == "- [[Results/love-1]]: layer 6, c=4"
@@ -296,7 +304,7 @@ def test_refresh_restores_a_region_the_users_template_lacks(config, tmp_path, tu
     path = write_literature_note(config, TemplateRenderer(), turner, now=NOW)
     path.write_text(_user_edits(path.read_text(encoding="utf-8")), encoding="utf-8")
 
-    write_literature_note(config, TemplateRenderer(overrides), turner, refresh=True, now=NOW)
+    write_literature_note(config, TemplateRenderer(overrides), turner, refresh=True, force=True, now=NOW)
 
     note = Note.read(path)
     assert note.region("notes") == USER_NOTES_WITH_HEADING
@@ -324,6 +332,34 @@ def test_refresh_never_overwrites_an_edit_saved_meanwhile(config, turner):
     assert renderer.calls == 2  # re-read and re-rendered once
     assert Note.read(path).region("notes") == "- typed meanwhile"
     assert "2024-12-02T09:00:00.000+01:00" in path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        (
+            "%% Import Date: 2024-11-25T13:54:58.603+01:00 %%\n",
+            "%% Import Date: 2024-11-25T13:54:58.603+01:00 %%\nafter the date\n",
+        ),
+        ("## Annotations\n", "## Annotations\nmy remark among the annotations\n"),
+        ("> **Type**:: preprint\n", "> **Type**:: preprint\n> **Status**:: read twice\n"),
+    ],
+    ids=["after the import date", "in annotations", "in the info callout"],
+)
+def test_refresh_refuses_to_drop_text_typed_outside_the_persist_blocks(config, renderer, turner, typed):
+    path = write_literature_note(config, renderer, turner, now=NOW)
+    old, new = typed
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    before = path.read_bytes()
+
+    with pytest.raises(RefreshWouldDropText, match="--force"):
+        write_literature_note(config, renderer, turner, refresh=True, now=LATER)
+
+    assert path.read_bytes() == before
+    write_literature_note(config, renderer, turner, refresh=True, force=True, now=LATER)
+    assert new.splitlines()[-1] not in path.read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- experiments

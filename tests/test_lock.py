@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from actadd_notes.errors import VaultError
-from actadd_notes.vault.lock import Claim, JobClaims, VaultLock
+from actadd_notes.watcher.lock import JobClaims, VaultLock
 
 pytestmark = pytest.mark.timeout(30)
 HOST = socket.gethostname()
@@ -66,14 +66,14 @@ class Holder:
 
 
 HOLD_VAULT = """
-from actadd_notes.vault.lock import VaultLock
+from actadd_notes.watcher.lock import VaultLock
 with VaultLock(vault):
     print("ready", flush=True)
     sys.stdin.read()
 """
 
 HOLD_CLAIM = """
-from actadd_notes.vault.lock import JobClaims
+from actadd_notes.watcher.lock import JobClaims
 claims = JobClaims(vault)
 print("ready" if claims.claim("Experiments/love.md", "run-other") else "refused", flush=True)
 sys.stdin.read()
@@ -201,32 +201,19 @@ def test_claim_refuses_notes_outside_the_vault(vault, tmp_path):
         JobClaims(vault).claim("../elsewhere.md", "run-1")
 
 
-def test_claim_held_by_a_live_process_is_refused_then_stale_once_it_dies(vault):
+def test_claim_held_by_a_live_process_is_refused_then_taken_over_once_it_dies(vault):
     holder = Holder(vault, HOLD_CLAIM)
     try:
         assert holder.ready == "ready"
         claims = JobClaims(vault)
         assert not claims.claim("Experiments/love.md", "run-mine")
-        assert claims.stale() == []  # alive: not stale
         claims.release("Experiments/love.md")  # not ours, holder alive: left alone
         assert claim_file(vault, "Experiments/love.md").exists()
     finally:
         holder.kill()
 
-    stale = claims.stale()
-    assert stale == [
-        Claim(
-            note="Experiments/love.md",
-            pid=holder.pid,
-            hostname=HOST,
-            run_id="run-other",
-            started=stale[0].started,
-            file=claim_file(vault, "Experiments/love.md"),
-        )
-    ]
     assert claims.claim("Experiments/love.md", "run-mine")  # taken over
-    assert json.loads(stale[0].file.read_text())["run_id"] == "run-mine"
-    assert claims.stale() == []  # ours now
+    assert json.loads(claim_file(vault, "Experiments/love.md").read_text())["run_id"] == "run-mine"
     claims.close()
 
 
@@ -235,10 +222,9 @@ def test_clean_exit_leaves_no_claim(vault):
     assert holder.ready == "ready"
     holder.finish()
     assert not claim_file(vault, "Experiments/love.md").exists()
-    assert JobClaims(vault).stale() == []
 
 
-def test_stale_lists_dead_pids_on_this_host_only(vault):
+def test_claims_of_dead_pids_on_this_host_are_taken_over_and_others_never(vault):
     jobs = vault / ".actadd-notes" / "jobs"
     jobs.mkdir(parents=True)
     dead = _reaped_pid()
@@ -249,20 +235,18 @@ def test_stale_lists_dead_pids_on_this_host_only(vault):
 
     write("b.md", dead)
     write("a.md", dead)
-    write("elsewhere.md", dead, host="laptop-elsewhere")  # cannot tell: not stale
-    claim_file(vault, "torn.md").write_text("{")  # unreadable and unheld: removed
+    write("elsewhere.md", dead, host="laptop-elsewhere")  # cannot tell: never broken
+    claim_file(vault, "torn.md").write_text("{")  # unreadable and unheld: taken over
     claims = JobClaims(vault)
-    stale = [(c.note, c.pid, c.run_id) for c in claims.stale()]
-    assert stale == [("a.md", dead, "run-a.md"), ("b.md", dead, "run-b.md")]
-    assert not claim_file(vault, "torn.md").exists()
-    claims.release("a.md")  # a dead holder's claim can be cleared
-    assert [c.note for c in claims.stale()] == ["b.md"]
+    JobClaims(vault).release("a.md")  # a dead holder's claim can be cleared
+    assert not claim_file(vault, "a.md").exists()
+    assert claims.claim("b.md", "run-2") and claims.claim("torn.md", "run-3")
     assert not JobClaims(vault).claim("elsewhere.md", "run-1")
-    assert JobClaims(vault).stale() == [claims.stale()[0]]
-    assert JobClaims(vault / "Experiments" / "..").stale()[0].note == "b.md"
+    assert JobClaims(vault / "Experiments" / "..").claim("a.md", "run-4")
+    claims.close()
 
 
-def test_pid_reused_by_a_live_process_is_still_stale(vault):
+def test_pid_reused_by_a_live_process_is_taken_over(vault):
     # the recorded pid is alive (it is ours), but nobody holds the claim file's flock
     if sys.platform == "win32":
         pytest.skip("flock only")
@@ -270,9 +254,7 @@ def test_pid_reused_by_a_live_process_is_still_stale(vault):
     jobs.mkdir(parents=True)
     record = {"note": "love.md", "pid": os.getpid(), "hostname": HOST, "run_id": "r", "started": "x"}
     claim_file(vault, "love.md").write_text(json.dumps(record))
-    claims = JobClaims(vault)
-    assert [c.note for c in claims.stale()] == ["love.md"]
-    assert claims.claim("love.md", "run-2")
+    assert JobClaims(vault).claim("love.md", "run-2")
 
 
 def test_exactly_one_of_many_racing_threads_wins(vault):
@@ -297,7 +279,7 @@ def test_exactly_one_of_many_racing_processes_wins(vault):
     go = vault / "go"
     code = f"""
     import time
-    from actadd_notes.vault.lock import JobClaims
+    from actadd_notes.watcher.lock import JobClaims
     claims = JobClaims(vault)
     print("waiting", flush=True)
     while not Path({str(go)!r}).exists():

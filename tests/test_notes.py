@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 from actadd_notes.errors import ConflictError, VaultError
 from actadd_notes.vault.notes import (
     Note,
-    atomic_write,
+    UnreadableProperties,
     atomic_write_bytes,
     create_note,
     create_note_if_missing,
@@ -304,13 +304,10 @@ def test_comment_only_frontmatter_keeps_its_comments_when_a_key_is_added():
     assert note.text() == "---\n# keep me\na: 1\n---\nbody\n"
 
 
-def test_splice_that_would_change_the_meaning_falls_back_to_a_full_dump():
-    """An alias into a changed key cannot be spliced; the note is still written correctly."""
-    note = parse("---\nbase: &b [1, 2]\ncopy: *b\nother: x  # c\n---\nbody\n")
-    note.set("base", [3])
-    out = note.text()
-    assert YAML(typ="safe").load(out.split("---\n")[1]) == {"base": [3], "copy": [1, 2], "other": "x"}
-    assert out.endswith("---\nbody\n")
+def test_aliases_in_properties_are_refused_with_their_line():
+    """An alias can expand exponentially (a few hundred bytes to gigabytes): it is never expanded."""
+    with pytest.raises(UnreadableProperties, match=r"^note\.md:3: .*aliases"):
+        parse("---\nbase: &b [1, 2]\ncopy: *b\nother: x  # c\n---\nbody\n")
 
 
 # --- Obsidian's way of writing values -------------------------------------------------------
@@ -415,7 +412,7 @@ def test_append_to_section_skips_headings_in_code_blocks():
 def test_atomic_write_replaces_keeps_mode_and_leaves_no_temp_files(vault):
     target = write(vault / "Results" / "data.csv", "old")
     target.chmod(0o640)
-    atomic_write(Path("Results/data.csv"), "new,text\r\n", vault=vault)
+    atomic_write_bytes(Path("Results/data.csv"), b"new,text\r\n", vault=vault)
     assert target.read_bytes() == b"new,text\r\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     atomic_write_bytes(vault / "Results" / "artifacts" / "plot.png", b"\x89PNG", vault=vault)
@@ -426,7 +423,7 @@ def test_atomic_write_replaces_keeps_mode_and_leaves_no_temp_files(vault):
 @pytest.mark.parametrize("path", ["../outside.md", ".obsidian/app.json", "/tmp/x.md"])
 def test_writes_outside_the_vault_or_into_obsidian_are_refused(vault, path):
     for call in (
-        lambda: atomic_write(Path(path), "x", vault=vault),
+        lambda: atomic_write_bytes(Path(path), b"x", vault=vault),
         lambda: create_note(Path(path), "x", vault=vault),
         lambda: update_note(Path(path), lambda note: None, vault=vault),
     ):

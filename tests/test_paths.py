@@ -66,7 +66,7 @@ def test_symlink_loop_is_refused(vault):
     "relative", [".obsidian/app.json", ".obsidian", ".Obsidian/plugins/x.js", "Notes/../.obsidian/workspace.json"]
 )
 def test_config_folder_is_refused(vault, relative):
-    with pytest.raises(VaultError, match=r"\.obsidian"):
+    with pytest.raises(VaultError, match=r"(?i)\.obsidian"):
         resolve_in_vault(vault, relative)
 
 
@@ -77,9 +77,18 @@ def test_symlink_into_config_folder_is_refused(vault):
 
 
 def test_custom_config_folder(vault):
-    with pytest.raises(VaultError):
+    with pytest.raises(VaultError, match="config folder"):
         resolve_in_vault(vault, ".config/x.json", config_folder=".config")
-    assert resolve_in_vault(vault, ".obsidian2/x.md") == vault / ".obsidian2" / "x.md"
+    # renaming the config folder does not open `.obsidian/` (issue 10: `results_folder: .obsidian`)
+    with pytest.raises(VaultError, match="config folder"):
+        resolve_in_vault(vault, ".obsidian/x.md", config_folder=".config")
+    assert resolve_in_vault(vault, "obsidian2/x.md") == vault / "obsidian2" / "x.md"
+
+
+@pytest.mark.parametrize("relative", [".hidden/x.md", "Results/.x.md", "a/.b/c.md"])
+def test_folders_and_files_obsidian_hides_are_refused(vault, relative):
+    with pytest.raises(VaultError, match="Obsidian hides"):
+        resolve_in_vault(vault, relative)
 
 
 def test_nul_byte_is_refused(vault):

@@ -45,7 +45,7 @@ from vaults import (
 
 from actadd_notes.cli import cli
 from actadd_notes.errors import VaultError
-from actadd_notes.jobs import DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelPool
+from actadd_notes.jobs import DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelSlot
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.notes import Note
 from actadd_notes.watcher import Watcher
@@ -79,7 +79,7 @@ def watching(vault: Path) -> Iterator[tuple[Watcher, list[str]]]:
     """A Watcher serving `vault` in a thread, started (watches in place, scan done) on entry."""
     log: list[str] = []
     stop = threading.Event()
-    runner = JobRunner(VaultConfig.load(vault), models=ModelPool(device="cpu"))
+    runner = JobRunner(VaultConfig.load(vault), models=ModelSlot(device="cpu"))
     watcher = Watcher(runner, debounce_ms=DEBOUNCE_MS, stop_event=stop, log=log.append)
     errors: list[BaseException] = []
 
@@ -160,7 +160,7 @@ def test_a_malformed_spec_fails_in_its_note_and_the_watcher_goes_on(idle_vault, 
         save_like_obsidian(good, spec_text(tiny_model_dir))
         wait_for(lambda: status(good) == DONE, 60, "the good spec to finish")
         wait_for(
-            lambda: any("c-bad-yaml.md" in line and "fix the properties" in line for line in log),
+            lambda: any("c-bad-yaml.md" in line and "the watcher goes on" in line for line in log),
             10,
             "the invalid YAML to be reported",
         )
@@ -175,7 +175,9 @@ def test_a_malformed_spec_fails_in_its_note_and_the_watcher_goes_on(idle_vault, 
     assert "'ten' is not a whole number" in props(bad_value)["error"]
     assert "has layers 0–2" in props(bad_layer)["error"]
     assert "failed Experiments/a-bad-samples.md: samples: 'ten' is not a whole number ≥ 1" in log
-    assert bad_yaml.read_text() == broken  # never rewritten: its words stay as typed
+    # its properties and words stay as typed; the reason is in its body, where the user looks
+    assert bad_yaml.read_text().startswith(broken)
+    wait_for(lambda: "cannot read this note's properties" in bad_yaml.read_text(), 10, "the callout")
     assert [o.note.name for o in watcher.outcomes] == ["a-bad-samples.md", "b-bad-layer.md", "d-good.md"]
     assert len(result_notes(idle_vault)) == 1
 
@@ -184,7 +186,7 @@ def test_user_edits_to_the_spec_body_during_the_run_survive(idle_vault, tiny_mod
     spec = write_spec(idle_vault, "love", tiny_model_dir, status="draft", work=SLOW)
     added = "\nWhile it runs: the coefficient 4 rows look odd, check the tokens.\n"
 
-    with watching(idle_vault) as (watcher, log):
+    with watching(idle_vault) as (watcher, _log):
         save_like_obsidian(spec, spec_text(tiny_model_dir, work=SLOW))
         wait_for(lambda: status(spec) == RUNNING, 60, "status: running")
         time.sleep(0.5)
@@ -202,7 +204,7 @@ def test_status_cancelled_saved_during_the_run_stops_it_and_the_watcher_goes_on(
     slow = write_spec(idle_vault, "a-slow", tiny_model_dir, status="draft", work=SLOW)
     after = write_spec(idle_vault, "b-after", tiny_model_dir, status="draft")
 
-    with watching(idle_vault) as (watcher, log):
+    with watching(idle_vault) as (watcher, _log):
         save_like_obsidian(slow, spec_text(tiny_model_dir, work=SLOW))
         wait_for(lambda: generating(slow), 60, "the job to be generating")
         save_like_obsidian(slow, slow.read_text().replace("status: running", "status: cancelled"), pause=0.002)
@@ -221,7 +223,7 @@ def test_the_tools_own_writes_are_recognised_by_their_hash(idle_vault, tiny_mode
     with watching(idle_vault) as (watcher, log):
         save_like_obsidian(spec, spec_text(tiny_model_dir))
         wait_for(lambda: status(spec) == DONE, 60, "status: done")
-        assert watcher.self_writes.is_own(spec)  # the last write was the tool's: no event can queue it
+        wait_for(lambda: watcher.self_writes.is_own(spec), 5, "the last write (the tool's) to be remembered")
         save_like_obsidian(spec, spec.read_text().replace("status: done", "status: queued"))  # the user queues it again
         wait_for(lambda: len(watcher.outcomes) == 2, 60, "the second run")
         assert not any("cannot read" in line for line in log)
@@ -231,7 +233,7 @@ def test_the_tools_own_writes_are_recognised_by_their_hash(idle_vault, tiny_mode
 
 def test_a_vault_deleted_while_watching_stops_the_watcher_with_an_error(idle_vault):
     with pytest.raises(VaultError, match=r"watching .* stopped: .*deleted or moved"):
-        with watching(idle_vault) as (watcher, log):
+        with watching(idle_vault) as (watcher, _log):
             shutil.rmtree(idle_vault)
             wait_for(lambda: watcher.stop_event.is_set(), 30, "the watcher to notice")
 

@@ -13,7 +13,7 @@ from zotero_server import load_library, serve_zotero
 
 from actadd_notes.errors import VaultError, ZoteroError
 from actadd_notes.vault.config import VaultConfig
-from actadd_notes.vault.zotero import (
+from actadd_notes.zotero import (
     Annotation,
     Attachment,
     BetterBibTexSource,

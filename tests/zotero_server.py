@@ -4,6 +4,9 @@ so the Zotero sources are tested through pyzotero and httpx, not against mocks.
 It serves top-level items and children in Zotero's JSON (`key`, `library`, `meta`, `data`),
 pages by `start`/`limit` with `Total-Results` and `Link` headers, runs quick searches (`q`,
 `qmode=everything`), and can refuse (403), rate-limit (429 + Retry-After) or ask for a `Backoff`.
+It also misbehaves as a hostile or broken server would: it trickles its answers a byte at a
+time (`trickle_s`), ignores `start` while claiming endless results (`bogus_paging`), or sends
+a body that is not the JSON Zotero sends (`malformed`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +41,9 @@ class ZoteroServer:
     rate_limited: int = 0  # the next N requests get a 429
     retry_after: str | None = "2"
     backoff: str | None = None  # a `Backoff` header on the next successful response
+    trickle_s: float = 0.0  # seconds between the bytes of each answer (headers and body)
+    bogus_paging: bool = False  # `start` ignored, `Total-Results` a million
+    malformed: str | None = None  # sent as the body of every 200 answer instead of the items
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     url: str = ""
 
@@ -58,6 +65,8 @@ class ZoteroServer:
             assert query.get("qmode") == "everything"  # the default mode would not search `extra`
             found = [i for i in selected if q.lower() in json.dumps(i, ensure_ascii=False).lower()]
             selected = [] if self.search_misses else found
+        if self.bogus_paging:
+            return 200, {"Total-Results": "1000000"}, [self._wrap(i) for i in selected[:1]]
         return self._page(path, query, selected)
 
     def _page(
@@ -82,6 +91,27 @@ def load_library() -> list[dict[str, Any]]:
     return json.loads(LIBRARY.read_text(encoding="utf-8"))["items"]
 
 
+class _Trickle:
+    """A response stream that sends one byte, then waits, until the client gives up."""
+
+    def __init__(self, inner: Any, pause: float):
+        self._inner = inner
+        self._pause = pause
+        self._deadline = time.monotonic() + 30  # bounded: the server never trickles for long
+
+    def write(self, data: bytes) -> int:
+        for byte in data:
+            if time.monotonic() > self._deadline:
+                raise ConnectionError("trickled long enough")
+            self._inner.write(bytes([byte]))
+            self._inner.flush()
+            time.sleep(self._pause)
+        return len(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+
 @contextmanager
 def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
     """Serve the test library on 127.0.0.1 at a free port until the block ends."""
@@ -93,8 +123,12 @@ def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, extra, body = state.respond(parts.path, query, headers)
-            is_json = not isinstance(body, str)
-            payload = (json.dumps(body) if is_json else body).encode()
+            if status == 200 and state.malformed is not None:
+                body = state.malformed
+            is_json = not isinstance(body, str) or status == 200
+            payload = (json.dumps(body) if not isinstance(body, str) else body).encode()
+            if state.trickle_s:
+                self.wfile = _Trickle(self.wfile, state.trickle_s)
             self.send_response(status)
             self.send_header("Content-Type", "application/json" if is_json else "text/plain")
             self.send_header("Content-Length", str(len(payload)))
@@ -110,7 +144,11 @@ def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # a client that gave up on a trickle: expected, and nothing to report
+
+    server = Server(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}{state.prefix}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -1,7 +1,8 @@
 """The vault layer: safe reads and writes of notes, paths, settings, templates and the journal.
 
-The other vault modules (watch, lock, zotero, literature) are imported from their own
-modules, so that importing this package stays cheap.
+The other vault modules (literature, scan, moment) are imported from their own modules, so
+that importing this package stays cheap; Zotero lives in `actadd_notes.zotero`, the watcher,
+its lock and its event source in `actadd_notes.watcher`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from actadd_notes.vault.config import VaultConfig, find_vault_root
 from actadd_notes.vault.journal import append_journal_entry, daily_note_path, journal_entry
 from actadd_notes.vault.notes import (
     Note,
-    atomic_write,
     atomic_write_bytes,
     create_note,
     create_note_if_missing,
@@ -26,7 +26,6 @@ __all__ = [
     "TemplateRenderer",
     "VaultConfig",
     "append_journal_entry",
-    "atomic_write",
     "atomic_write_bytes",
     "create_note",
     "create_note_if_missing",

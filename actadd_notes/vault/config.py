@@ -1,8 +1,7 @@
 """Per-vault settings: `actadd-notes.yaml` at the vault root, every key optional.
 
-Defaults work with no file at all; CLI flags (`overrides`) win over the file. A key the
-tool does not know is an error naming the file and the key, so a typo never silently
-falls back to a default.
+Defaults work with no file at all. A key the tool does not know is an error naming the file
+and the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -42,31 +41,25 @@ class VaultConfig:
     bbt_exports: list[str] = field(default_factory=list)  # vault-relative Better BibTeX exports
 
     @classmethod
-    def load(cls, root: Path, **overrides: Any) -> VaultConfig:
-        """Defaults, then `actadd-notes.yaml` at `root` if present, then `overrides` that are
-        not None (unset CLI flags). VaultError names the file and key of a bad setting."""
+    def load(cls, root: Path) -> VaultConfig:
+        """Defaults, then `actadd-notes.yaml` at `root` if present. VaultError names the file and
+        key of a bad setting."""
         known = {f.name for f in dataclasses.fields(cls)} - {"root"}
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown VaultConfig setting(s): {', '.join(sorted(unknown))}")
         root = Path(os.path.abspath(root))
         if not root.is_dir():
             raise VaultError(f"vault {root} is not a folder", path=root)
         file = root / CONFIG_FILE
-        settings = _read_file(file, known)
-        flags = {key: value for key, value in overrides.items() if value is not None}
-        config = cls(root, **{**settings, **flags})
-        config._check(file, flags)
+        config = cls(root, **_read_file(file, known))
+        config._check(file)
         return config
 
     def path(self, *parts: str) -> Path:
         """A path inside the vault (VaultError if it leads out or into the config folder)."""
         return resolve_in_vault(self.root, Path(*parts), config_folder=self.config_folder)
 
-    def _check(self, file: Path, flags: dict[str, Any]) -> None:
+    def _check(self, file: Path) -> None:
         def bad(key: str, message: str) -> VaultError:
-            where = f"{key} (from the command line)" if key in flags else f"{file}: {key}"
-            return VaultError(f"{where}: {message}", path=file)
+            return VaultError(f"{file}: {key}: {message}", path=file)
 
         for key in (*_FOLDERS, "journal_heading", "config_folder"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
@@ -80,16 +73,12 @@ class VaultConfig:
         for source in self.zotero_sources:
             if source not in ZOTERO_SOURCES:
                 raise bad("zotero_sources", f"unknown source {source!r}: use {', '.join(ZOTERO_SOURCES)}")
-        for key in _FOLDERS:
+        places = [(key, getattr(self, key)) for key in _FOLDERS] + [("bbt_exports", e) for e in self.bbt_exports]
+        for key, place in places:
             try:
-                self.path(getattr(self, key))
+                self.path(place)
             except VaultError as error:
                 raise bad(key, str(error)) from None
-        for export in self.bbt_exports:
-            try:
-                resolve_in_vault(self.root, export, config_folder=self.config_folder)
-            except VaultError as error:
-                raise bad("bbt_exports", str(error)) from None
 
 
 def find_vault_root(start: Path) -> Path:
@@ -116,6 +105,8 @@ def _read_file(file: Path, known: set[str]) -> dict[str, Any]:
         raise VaultError(
             f"{file}{where}: invalid YAML: {getattr(error, 'problem', None) or error}", path=file
         ) from None
+    except (ValueError, IndexError, KeyError, TypeError, RecursionError) as error:  # a value YAML cannot build
+        raise VaultError(f"{file}: cannot read a value ({type(error).__name__}: {error})", path=file) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

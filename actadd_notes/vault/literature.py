@@ -11,38 +11,46 @@ A refresh (`write_literature_note(..., refresh=True)`) re-renders the note from 
 - each `## ` section whose heading the template does not write, verbatim, after the section
   it followed (a section after the last one goes before the `%% Import Date %%` line).
 
-Text typed outside the regions inside the template's own sections (the title, the info
-callout, `## Notes`, `## Experiments`, `## Annotations`) is replaced, as Zotero Integration does.
+Anything else would be lost, as Zotero Integration loses it: text typed outside the regions
+inside the template's own sections (the title, the info callout, `## Annotations`, after the
+`%% Import Date %%` line), or a new value of a key the template writes. So a refresh that would
+drop any line of the note refuses (`RefreshWouldDropText`, listing the lines) unless it is
+forced; a line Zotero no longer has (an old title, say) counts too, since the tool cannot tell
+it from one the user typed.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from actadd_notes.errors import VaultError, ZoteroError
+from actadd_notes.errors import ActaddError, VaultError
 from actadd_notes.vault.notes import Note, create_note_if_missing, update_note
 from actadd_notes.vault.paths import safe_filename
-from actadd_notes.vault.zotero import find_item
+from actadd_notes.zotero import find_item
 
 if TYPE_CHECKING:
     from actadd_notes.vault.config import VaultConfig
     from actadd_notes.vault.templates import TemplateRenderer
-    from actadd_notes.vault.zotero import Annotation, ZoteroItem, ZoteroSource
+    from actadd_notes.zotero import Annotation, ZoteroItem, ZoteroSource
 
 __all__ = [
     "TEMPLATE",
     "AnnotationView",
+    "RefreshWouldDropText",
     "citekeys_from_links",
     "ensure_literature_notes",
     "link_experiment",
     "literature_link",
     "literature_note_path",
     "obsidian_tag",
+    "refresh_literature_notes",
     "render_literature_note",
     "write_literature_note",
 ]
@@ -70,7 +78,7 @@ def literature_link(citekey: str) -> str:
 
 
 def citekeys_from_links(values: str | Iterable[str | None] | None) -> list[str]:
-    """Citekeys from what a spec's `papers` property may hold: `[[@key]]`, `[[@key|alias]]`,
+    """Citekeys from what a spec's `literature` property may hold: `[[@key]]`, `[[@key|alias]]`,
     `[[Literature/@key#Notes]]`, `@key` or `key`, one or a list; duplicates once, in order."""
     if values is None or isinstance(values, str):
         values = [values]
@@ -137,7 +145,7 @@ def _annotation_view(item: ZoteroItem, annotation: Annotation, zone: tzinfo | No
         text=annotation.text,
         comment=annotation.comment,
         page=page,
-        link=f"zotero://open-pdf/{item.zotero_library}/items/{annotation.attachment_key}?page={page}",
+        link=f"zotero://open-pdf/{quote(item.zotero_library)}/items/{quote(annotation.attachment_key)}?page={quote(page)}",
         date=made.astimezone(zone) if made else None,
     )
 
@@ -148,11 +156,13 @@ def write_literature_note(
     item: ZoteroItem,
     *,
     refresh: bool = False,
+    force: bool = False,
     now: datetime | None = None,
 ) -> Path:
     """Create the item's note if missing; with `refresh`, re-render an existing one keeping
     what the module docstring lists. The refresh is a compare-and-swap (`update_note`): an
-    edit saved meanwhile is re-read and kept, never overwritten."""
+    edit saved meanwhile is re-read and kept, never overwritten. A refresh that would drop a
+    line raises RefreshWouldDropText and writes nothing, unless `force`."""
     path = literature_note_path(config, item.citekey)
     vault = {"vault": config.root, "config_folder": config.config_folder}
     if not path.is_file() and create_note_if_missing(path, render_literature_note(renderer, item, now=now), **vault):
@@ -171,12 +181,38 @@ def write_literature_note(
         for name, heading in _REGIONS:  # a user template may have left a region out
             if kept[name] is not None and fresh.region(name) != kept[name]:
                 fresh.set_region(name, kept[name], heading=heading)
+        dropped = [
+            f"{key}: {note.properties[key]}"
+            for key, value in fresh.properties.items()
+            if key != "tags" and key in note.properties and str(note.properties[key]) != str(value)
+        ]
+        body = _merged_body(note.body, fresh.body)
+        dropped += _dropped_lines(note.body, body)
+        if dropped and not force:
+            raise RefreshWouldDropText(path, dropped)
         for key, value in fresh.properties.items():
             note.set(key, _merged_tags(note.properties.get(key), value) if key == "tags" else value)
-        note.body = _merged_body(note.body, fresh.body)
+        note.body = body
 
     update_note(path, refreshed, **vault)
     return path
+
+
+class RefreshWouldDropText(VaultError):
+    """A refresh would drop lines of the note (`lines`): text typed outside the persist blocks,
+    or data Zotero no longer has. Nothing was written."""
+
+    def __init__(self, path: Path, lines: list[str]):
+        self.lines = lines
+        shown = "; ".join(repr(line[:80]) for line in lines[:5]) + (
+            f"; and {len(lines) - 5} more" if len(lines) > 5 else ""
+        )
+        super().__init__(
+            f"{path}: refreshing would drop {len(lines)} line(s) that are not in Zotero's current data: {shown}. "
+            "Text of your own belongs in the Notes block (or a section of your own); move it there and refresh "
+            "again, or refresh with --force to drop these lines",
+            path=path,
+        )
 
 
 def link_experiment(config: VaultConfig, citekey: str, *, run_link: str, line: str) -> Path:
@@ -208,18 +244,39 @@ def ensure_literature_notes(
     renderer: TemplateRenderer,
     citekeys: Iterable[str],
     sources: Sequence[ZoteroSource],
-) -> dict[str, Path | ZoteroError | VaultError]:
+) -> dict[str, Path | ActaddError]:
     """A note for every citekey: existing notes are left alone, missing ones are looked up and
-    created. A citekey that fails (unknown to Zotero, unusable as a name) gets its error in the
-    result instead of a path, and the others go on."""
-    results: dict[str, Path | ZoteroError | VaultError] = {}
+    created. A citekey that fails (unknown to Zotero, a source that misbehaves, unusable as a
+    name, a template that fails) gets its error in the result instead of a path, and the others
+    go on: no ActaddError escapes."""
+    results: dict[str, Path | ActaddError] = {}
     for citekey in dict.fromkeys(citekeys):
         try:
             path = literature_note_path(config, citekey)
             results[citekey] = (
                 path if path.is_file() else write_literature_note(config, renderer, find_item(citekey, sources))
             )
-        except (ZoteroError, VaultError) as error:
+        except ActaddError as error:
+            results[citekey] = error
+    return results
+
+
+def refresh_literature_notes(
+    config: VaultConfig,
+    renderer: TemplateRenderer,
+    citekeys: Iterable[str],
+    sources: Sequence[ZoteroSource],
+    *,
+    force: bool = False,
+) -> dict[str, Path | ActaddError]:
+    """Re-import every citekey's note from Zotero (creating missing ones), as `ensure_literature_notes`
+    reports: a path, or the error (a RefreshWouldDropText among them, unless `force`)."""
+    results: dict[str, Path | ActaddError] = {}
+    for citekey in dict.fromkeys(citekeys):
+        try:
+            item = find_item(citekey, sources)
+            results[citekey] = write_literature_note(config, renderer, item, refresh=True, force=force)
+        except ActaddError as error:
             results[citekey] = error
     return results
 
@@ -228,6 +285,19 @@ def _merged_tags(current: object, fresh: object) -> list[object]:
     """The note's tags in its order, then fresh ones it lacks."""
     mine = list(current) if isinstance(current, list) else [] if current in (None, "") else [current]
     return mine + [tag for tag in (fresh if isinstance(fresh, list) else []) if tag not in mine]
+
+
+def _dropped_lines(current: str, merged: str) -> list[str]:
+    """The non-blank lines of `current` that `merged` lacks (counted, so a repeated line too), the
+    import date aside: it is the tool's, and changes on every refresh."""
+
+    def lines(text: str) -> Counter[str]:
+        return Counter(
+            line.rstrip() for line in text.splitlines() if line.strip() and not _IMPORT_DATE.match(line + "\n")
+        )
+
+    missing = lines(current) - lines(merged)
+    return [line for line in dict.fromkeys(current.splitlines()) if missing.get(line.rstrip())]
 
 
 def _merged_body(current: str, fresh: str) -> str:

@@ -14,19 +14,34 @@ spacing), and a changed key keeps its end-of-line comment and the comment lines 
 The spliced frontmatter is re-parsed and checked against the properties; should the
 splice ever mean something else, ruamel's own dump of the whole mapping is used instead.
 
-Writes are atomic (temp file in the same folder, fsync, `os.replace`) and `update_note`
-compares and swaps: a note the user changed meanwhile is re-read and the change re-applied.
+Regions are found structurally: a begin marker opens a line and its end marker closes one,
+outside fenced code, one begin per name; marker text inside a line (a value the tool wrote,
+say) is no marker, and marker lines inside content given to `set_region` are escaped.
+
+Properties are parsed within bounds: at most `MAX_PROPERTIES_CHARS` of YAML, no aliases
+(`*name`, whose expansion can grow exponentially), and any value the YAML library cannot
+construct (`due: 2025-04-31`, `x: !!int`) is an `UnreadableProperties` error, never a crash.
+
+Writes are atomic (temp file in the same folder, fsync, then an atomic swap) and
+`update_note` compares and swaps: a note the user changed meanwhile is re-read and the change
+re-applied. On Linux the swap is `renameat2(RENAME_EXCHANGE)`: the swapped-out file is checked
+against what the change was based on and swapped back on a mismatch, so a save landing between
+the re-read and the swap is never lost. Elsewhere (or where the file system refuses the exchange)
+it is `os.replace` right after the re-read: a save in that instant can be lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import io
 import math
 import numbers
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +52,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer, ComposerError
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.scalarstring import (
     DoubleQuotedScalarString,
     LiteralScalarString,
@@ -50,14 +67,21 @@ from actadd_notes.errors import ConflictError, VaultError
 from actadd_notes.vault.paths import ensure_in_vault
 
 __all__ = [
+    "MAX_PROPERTIES_CHARS",
     "Note",
-    "atomic_write",
+    "UnreadableProperties",
     "atomic_write_bytes",
     "create_note",
     "create_note_if_missing",
     "dump_yaml_value",
+    "escape_markers",
+    "rewrite_note",
     "update_note",
+    "write_error_region",
 ]
+
+MAX_PROPERTIES_CHARS = 256 * 1024
+"""Properties longer than this are not parsed: no spec or result note comes near it."""
 
 # Obsidian only takes frontmatter that opens on the very first line (a BOM aside).
 _OPENING = re.compile(r"\ufeff?---[ \t]*(?:\r\n|\n)")
@@ -68,6 +92,7 @@ _YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 _YAML_LINE = re.compile(r"[^\r\n\x85\u2028\u2029]*(?:\r\n|[\r\n\x85\u2028\u2029]|\Z)")
 # A line as Markdown counts lines.
 _MD_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+_ANY_BREAK = re.compile(r"\r\n|\r|\n")
 _CODE_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _ATX_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
 
@@ -78,6 +103,23 @@ _RETRY_S = 0.02  # back-off step between compare-and-swap attempts
 _MAX_COPIES = 10_000  # `name 1.md` … before create_note gives up
 _UNREADABLE = object()
 _PER_THREAD = threading.local()
+# What the YAML library raises on values it cannot construct (an impossible date, `!!int` with
+# no digits, `!!bool maybe`) or on nesting deeper than Python's stack, besides YAMLError.
+_CONSTRUCTION_ERRORS = (ValueError, IndexError, KeyError, TypeError, AttributeError, RecursionError)
+_MARKER = r"%%[ \t]*{kind}[ \t]+{name}[ \t]*%%"
+_ANY_MARKER = re.compile(r"%%[ \t]*(?:begin|end)[ \t]+[^%\n]*?[ \t]*%%")
+_ESCAPED_PERCENTS = "%\u200b%"  # looks like `%%`, is neither an Obsidian comment nor a marker
+
+
+class UnreadableProperties(VaultError):
+    """A note's properties cannot be read: invalid YAML, too long, aliases, or a value the YAML
+    library cannot construct. The note is never rewritten; a spec shows the error in its body."""
+
+
+def escape_markers(text: str) -> str:
+    """`text` with every region marker (`%% begin x %%`, `%% end x %%`) made inert, for text the
+    tool puts into a note: it reads the same, but can neither open nor close a region."""
+    return _ANY_MARKER.sub(lambda m: m.group().replace("%%", _ESCAPED_PERCENTS), text)
 
 
 class Note:
@@ -145,7 +187,7 @@ class Note:
     def set_region(self, name: str, content: str, *, heading: str | None = None) -> None:
         """Replace the region's content; a missing region is appended at the end of the body,
         under `## heading` when one is given."""
-        content = _with_newline(content, self.newline)
+        content = _with_newline(_escape_own_markers(content, name), self.newline)
         span = self._region_span(name)
         if span is not None:
             start, stop = span
@@ -180,11 +222,27 @@ class Note:
     def _region_span(self, name: str) -> tuple[int, int] | None:
         if not name.strip() or "%" in name or "\n" in name:
             raise ValueError(f"bad region name {name!r}")
-        marker = r"%%[ \t]*{}[ \t]+" + re.escape(name) + r"[ \t]*%%"
-        begin = re.search(marker.format("begin"), self.body)
-        if begin is None:
+        fenced = _fenced_spans(self.body)
+        begins = [
+            m for m in _marker_re("begin", name, at="start").finditer(self.body) if not _inside(m.start(), fenced)
+        ]
+        if not begins:
             return None
-        end = re.compile(marker.format("end")).search(self.body, begin.end())
+        if len(begins) > 1:
+            raise VaultError(
+                f"{self.path}: `%% begin {name} %%` opens {len(begins)} lines; keep one, so the tool "
+                "knows which text is its own",
+                path=self.path,
+            )
+        begin = begins[0]
+        end = next(
+            (
+                m
+                for m in _marker_re("end", name, at="end").finditer(self.body, begin.end())
+                if not _inside(m.start(), fenced)
+            ),
+            None,
+        )
         if end is None:
             raise VaultError(
                 f"{self.path}: `%% begin {name} %%` has no `%% end {name} %%` after it; add it back "
@@ -210,10 +268,9 @@ class Note:
         if not source.changed(self.properties):
             return source.opening + source.yaml + closing
         spliced = source.splice(self.properties, nl)
-        full = _dump(self.properties)
-        meant = _load_plain(full)
-        if meant is _UNREADABLE or not _same(_load_plain(spliced), meant):
-            spliced = _with_newline(full, nl)
+        meant = _load_plain(spliced)  # checked against the values themselves: ruamel's own dump of a
+        if meant is _UNREADABLE or not _same(meant, self.properties):  # float may round its last digit
+            spliced = _with_newline(_dump(self.properties), nl)
         return source.opening + spliced + closing
 
 
@@ -233,14 +290,27 @@ class _Frontmatter:
 
     @classmethod
     def parse(cls, opening: str, yaml_text: str, closing: str, path: Path) -> _Frontmatter:
+        if len(yaml_text) > MAX_PROPERTIES_CHARS:
+            raise UnreadableProperties(
+                f"{path}: the properties are {len(yaml_text):,} characters long; the tool reads at most "
+                f"{MAX_PROPERTIES_CHARS:,}",
+                path=path,
+            )
         try:
-            loaded = _yaml().load(yaml_text)
+            return cls._parse(opening, yaml_text, closing, path)
         except YAMLError as error:
             raise _yaml_error(error, yaml_text, path) from None
+        except _CONSTRUCTION_ERRORS as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {error}"
+            raise UnreadableProperties(f"{path}: cannot read the properties ({reason})", path=path) from None
+
+    @classmethod
+    def _parse(cls, opening: str, yaml_text: str, closing: str, path: Path) -> _Frontmatter:
+        loaded = _yaml().load(yaml_text)
         if loaded is None:  # empty, or comments only
             loaded = CommentedMap()
         if not isinstance(loaded, CommentedMap):
-            raise VaultError(f"{path}:2: the properties must be a mapping of keys to values", path=path)
+            raise UnreadableProperties(f"{path}:2: the properties must be a mapping of keys to values", path=path)
         lines = _yaml_lines(yaml_text)
         starts = [loaded.lc.key(key)[0] for key in loaded]
         comments = _comment_starts(loaded)
@@ -304,7 +374,7 @@ def update_note(
         return note.text()
 
     target = ensure_in_vault(vault, path, config_folder=config_folder)
-    _compare_and_swap(target, render, attempts=attempts, create=False)
+    _compare_and_swap(target, lambda text: render(Note.parse(text, target)), attempts=attempts, create=False)
     return changed[0]
 
 
@@ -320,18 +390,41 @@ def rewrite_note(
     as `update_note` (a missing note is created): `render` sees the latest text, to carry the
     user's regions over, and newer text is never overwritten. Returns the text written."""
     target = ensure_in_vault(vault, path, config_folder=config_folder)
-    return _compare_and_swap(target, render, attempts=attempts, create=True)
+    return _compare_and_swap(target, lambda text: render(Note.parse(text, target)), attempts=attempts, create=True)
 
 
-def _compare_and_swap(target: Path, render: Callable[[Note], str], *, attempts: int, create: bool) -> str:
+def write_error_region(
+    path: Path, name: str, content: str, *, vault: Path, heading: str = "Run error", config_folder: str = ".obsidian"
+) -> str | None:
+    """Put `content` into region `name` of a note whose properties cannot be parsed (an
+    `UnreadableProperties` note), where the user will see it: the frontmatter is found by its
+    `---` lines, not parsed, and kept byte for byte; only the body changes, under the same
+    compare-and-swap as `update_note`. Returns the text written, None when there was nothing to change."""
+    target = ensure_in_vault(vault, path, config_folder=config_folder)
+
+    def render(text: str) -> str:
+        opening = _OPENING.match(text)
+        closing = _CLOSING.search(text, opening.end()) if opening else None
+        cut = closing.end() if closing else 0
+        note = Note(target, CommentedMap(), text[cut:], text[cut:], newline="\r\n" if "\r\n" in text else "\n")
+        note.set_region(name, content, heading=heading)
+        return text[:cut] + note.body
+
+    before = _read_text(target)
+    written = _compare_and_swap(target, render, attempts=5, create=False)
+    return None if written == before else written
+
+
+def _compare_and_swap(target: Path, render: Callable[[str], str], *, attempts: int, create: bool) -> str:
+    """Write `render(current text)` over the note unless it changes meanwhile; then again."""
     for attempt in range(attempts):
         if create and not target.exists():
-            text = render(Note.parse("", target))
+            text = render("")
             if _create_exclusive(target, text.encode()):
                 return text
             continue  # created meanwhile: render again from what is there
         base = _read_settled(target)
-        text = render(Note.parse(base, target))
+        text = render(base)
         if text == base or _replace_if_unchanged(target, text, base):
             return text
         time.sleep(_RETRY_S * (attempt + 1))
@@ -357,14 +450,9 @@ def create_note_if_missing(path: Path, text: str, *, vault: Path, config_folder:
     return _create_exclusive(ensure_in_vault(vault, path, config_folder=config_folder), text.encode())
 
 
-def atomic_write(path: Path, text: str, *, vault: Path, config_folder: str = ".obsidian") -> None:
-    """Replace a file in the vault atomically. For the tool's own artifacts: a note the user
-    may edit goes through `update_note`, which never overwrites newer text."""
-    atomic_write_bytes(path, text.encode(), vault=vault, config_folder=config_folder)
-
-
 def atomic_write_bytes(path: Path, data: bytes, *, vault: Path, config_folder: str = ".obsidian") -> None:
-    """`atomic_write` for binary artifacts (plots, arrays)."""
+    """Replace a file in the vault atomically: for the tool's own artifacts (plots, arrays). A note
+    the user may edit goes through `update_note` or `rewrite_note`, which never overwrite newer text."""
     target = ensure_in_vault(vault, path, config_folder=config_folder)
     with _vault_io(target, "write"):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -414,10 +502,21 @@ def _yaml() -> YAML:
     yaml = getattr(_PER_THREAD, "yaml", None)
     if yaml is None:
         yaml = _PER_THREAD.yaml = YAML(typ="rt")
+        yaml.Composer = _NoAliasComposer
         yaml.preserve_quotes = True
         yaml.width = 1 << 30  # never fold a long value onto the next line
         yaml.indent(mapping=2, sequence=4, offset=2)
     return yaml
+
+
+class _NoAliasComposer(Composer):
+    """Refuses aliases: Obsidian writes none, and a few nested ones expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.parser.check_event(AliasEvent):
+            mark = self.parser.peek_event().start_mark
+            raise ComposerError(None, None, "YAML aliases (*name) are not read in properties", mark)
+        return super().compose_node(parent, index)
 
 
 def _dump(data: Any) -> str:
@@ -450,18 +549,18 @@ def _load_plain(text: str) -> Any:
     loader refuses it (invalid, or a custom tag)."""
     try:
         data = YAML(typ="safe", pure=True).load(text)
-    except YAMLError:
+    except (YAMLError, *_CONSTRUCTION_ERRORS):
         return _UNREADABLE
     return {} if data is None else data
 
 
-def _yaml_error(error: YAMLError, yaml_text: str, path: Path) -> VaultError:
+def _yaml_error(error: YAMLError, yaml_text: str, path: Path) -> UnreadableProperties:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
     # a reader error has no mark, only a character position
     line = mark.line if mark is not None else len(_YAML_BREAK.findall(yaml_text[: getattr(error, "position", 0)]))
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     # +2: lines count from 1, and the opening `---` is line 1
-    return VaultError(f"{path}:{max(line, 0) + 2}: invalid YAML in the properties: {problem}", path=path)
+    return UnreadableProperties(f"{path}:{max(line, 0) + 2}: invalid YAML in the properties: {problem}", path=path)
 
 
 def _yaml_lines(text: str) -> list[str]:
@@ -534,8 +633,8 @@ def _styled_like(old: Any, new: Any) -> Any:
 
 
 def _with_newline(text: str, nl: str) -> str:
-    """`text` with the note's line breaks, whatever it came with."""
-    return text.replace("\r\n", "\n").replace("\n", nl)
+    """`text` with the note's line breaks, whatever it came with (a lone CR is a line break too)."""
+    return _ANY_BREAK.sub(nl, text)
 
 
 def _end_line(text: str, nl: str) -> str:
@@ -543,21 +642,57 @@ def _end_line(text: str, nl: str) -> str:
     return text + nl if text and not text.endswith(("\n", "\r")) else text
 
 
-def _headings(lines: list[str]) -> Iterator[tuple[int, int, str]]:
-    """(line index, level, title) of each ATX heading outside fenced code blocks."""
+def _marker_re(kind: str, name: str, *, at: str) -> re.Pattern[str]:
+    """A region marker that opens a line (`at="start"`) or closes one (`at="end"`)."""
+    marker = _MARKER.format(kind=kind, name=re.escape(name))
+    return re.compile(rf"^[ \t]*{marker}" if at == "start" else rf"{marker}[ \t]*(?=\r?\n|\Z)", re.MULTILINE)
+
+
+def _escape_own_markers(content: str, name: str) -> str:
+    """Content with the markers of region `name` made inert, so it cannot end its own region."""
+    own = re.compile(_MARKER.format(kind="(?:begin|end)", name=re.escape(name)))
+    return own.sub(lambda m: m.group().replace("%%", _ESCAPED_PERCENTS), content)
+
+
+def _fenced_lines(lines: list[str]) -> set[int]:
+    """Indices of the lines in fenced code blocks, fences included; an unclosed fence runs to the end."""
+    fenced: set[int] = set()
     fence = ""
     for index, line in enumerate(lines):
         stripped = line.rstrip("\r\n")
         opener = _CODE_FENCE.match(stripped)
         if fence:
+            fenced.add(index)
             closes = opener and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence)
             if closes and not stripped[opener.end() :].strip():
                 fence = ""
-            continue
-        if opener:
+        elif opener:
+            fenced.add(index)
             fence = opener.group(1)
-            continue
-        heading = _ATX_HEADING.fullmatch(stripped)
+    return fenced
+
+
+def _fenced_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of the fenced code blocks' lines."""
+    spans, offset = [], 0
+    lines = _MD_LINE.findall(text)
+    fenced = _fenced_lines(lines)
+    for index, line in enumerate(lines):
+        if index in fenced:
+            spans.append((offset, offset + len(line)))
+        offset += len(line)
+    return spans
+
+
+def _inside(position: int, spans: list[tuple[int, int]]) -> bool:
+    return any(start <= position < end for start, end in spans)
+
+
+def _headings(lines: list[str]) -> Iterator[tuple[int, int, str]]:
+    """(line index, level, title) of each ATX heading outside fenced code blocks."""
+    fenced = _fenced_lines(lines)
+    for index, line in enumerate(lines):
+        heading = None if index in fenced else _ATX_HEADING.fullmatch(line.rstrip("\r\n"))
         if heading:
             yield index, len(heading.group(1)), (heading.group(2) or "").strip()
 
@@ -584,7 +719,11 @@ def _read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise VaultError(f"{path}: not UTF-8 text (byte {error.start})", path=path) from None
+        raise VaultError(
+            f"{path}: not UTF-8 text (an invalid byte at offset {error.start}); the tool reads and writes "
+            "notes as UTF-8 only, so it leaves this one alone: save it as UTF-8",
+            path=path,
+        ) from None
 
 
 def _read_settled(path: Path) -> str:
@@ -601,17 +740,89 @@ def _read_settled(path: Path) -> str:
 
 
 def _replace_if_unchanged(target: Path, text: str, base: str) -> bool:
-    """Write `text` over `target` if it still holds `base`; False (nothing written) if not."""
+    """Write `text` over `target` if it still holds `base`; False (the note as it was) if not."""
     with _vault_io(target, "write"):
         temp = _write_temp(target.parent, text.encode(), _mode(target))
         try:
             if _read_text(target) != base:
                 return False
-            os.replace(temp, target)
+            if _exchange(temp, target):
+                if not _swapped_out_unchanged(temp, base.encode()):
+                    _swap_back(temp, target, os.lstat(target))
+                    return False
+            else:  # no atomic exchange here: a save between the read above and this replace is lost
+                os.replace(temp, target)
         finally:
             temp.unlink(missing_ok=True)
         _fsync_dir(target.parent)
     return True
+
+
+def _swapped_out_unchanged(swapped: Path, base: bytes) -> bool:
+    """Whether the file swapped out of the note's place is `base`, and stays so for `_QUIET_S`: a
+    writer that opened the note just before the swap writes into this file, not the note."""
+    fd = os.open(swapped, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        before = os.fstat(fd)
+        if _read_all(fd) != base:
+            return False
+        time.sleep(_QUIET_S)
+        after = os.fstat(fd)
+        return (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            before.st_size,
+            before.st_mtime_ns,
+            before.st_ctime_ns,
+        )
+    finally:
+        os.close(fd)
+
+
+def _swap_back(swapped: Path, target: Path, ours: os.stat_result) -> None:
+    """Put the user's file (now at `swapped`) back in the note's place. Should the user have saved
+    once more meanwhile (by rename, so the note is no longer our file `ours`), that newest save
+    is what the note keeps."""
+    _exchange(swapped, target)
+    now = os.lstat(swapped)
+    if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino):  # we swapped out a newer save
+        _exchange(swapped, target)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _renameat2() -> Callable[..., int] | None:
+    """glibc's renameat2, where there is one (Linux, glibc ≥ 2.28)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (both must exist); False where the OS or file system cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _create_exclusive(target: Path, data: bytes) -> bool:

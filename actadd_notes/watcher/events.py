@@ -10,28 +10,30 @@ has passed since it opened (so a continuous stream is still cut into batches).
 Within a batch each path appears once, with the net change: Obsidian saves a note
 by truncating and rewriting it, which is several modify events and one entry here.
 
-`SelfWrites` is the gate that keeps the tool's own writes from retriggering jobs.
+`SelfWrites` is the gate that keeps the tool's own writes from retriggering jobs. Which
+paths are notes at all is `actadd_notes.vault.scan.NoteFilter`'s call.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
-import fnmatch
 import hashlib
 import os
 import queue
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from actadd_notes.errors import VaultError
+from actadd_notes.vault.scan import NoteFilter
 
-__all__ = ["Change", "EventSource", "NoteFilter", "SelfWrites", "WatchdogSource", "watch_vault"]
+__all__ = ["Change", "EventSource", "SelfWrites", "WatchdogSource", "watch_vault"]
+
+_NOTES = NoteFilter()
 
 
 class Change(enum.IntEnum):
@@ -56,89 +58,10 @@ class EventSource(Protocol):
     def get(self, timeout: float) -> tuple[Change, Path] | None: ...
 
 
-class NoteFilter:
-    """Keep notes, drop app/sync/editor noise. A callable: `filter(change, path) -> keep?`.
-
-    Extend the defaults per instance (`extra_ignore_dirs=`, `extra_ignore_patterns=`,
-    `ignore_paths=`) or per subclass (override the class-level tuples). Directory names
-    are matched against every part of the path, like watchfiles; patterns are
-    shell-style, matched case-insensitively against the file name. `suffixes` keeps
-    only those extensions (case-insensitive); an empty tuple keeps every file.
-    """
-
-    ignore_dirs: ClassVar[tuple[str, ...]] = (
-        ".obsidian",  # Obsidian's config: workspace.json is rewritten on every click
-        ".trash",  # Obsidian's in-vault trash
-        ".git",
-        ".hg",
-        ".svn",
-        ".actadd-notes",  # our own lock and claim files
-        ".stversions",  # Syncthing
-        ".stfolder",
-        ".Trash",  # desktop trash folders on mounted volumes
-        ".Trashes",
-        ".venv",
-        "__pycache__",
-        "node_modules",
-    )
-    ignore_patterns: ClassVar[tuple[str, ...]] = (
-        "*.swp",  # vim
-        "*.swo",
-        "*.swx",
-        "*~",  # emacs, gedit, many others
-        ".#*",  # emacs lock files
-        "#*#",  # emacs autosave
-        "*.tmp",
-        ".*.tmp*",  # atomic-save temp files: .love.md.tmp123
-        "*.part",
-        "*.crswap",  # Chrome's File System Access API
-        ".goutputstream-*",  # GNOME/GIO atomic save
-        ".syncthing.*",  # Syncthing temp files
-        "*.sync-conflict-*",  # Syncthing conflicts
-        "* (conflicted copy*",  # Dropbox conflicts
-        "* (case conflict*",  # Dropbox
-        "*.icloud",  # iCloud placeholders for evicted files
-        ".~*",  # LibreOffice locks
-        "~$*",  # Microsoft Office owner files
-        ".DS_Store",
-        "Thumbs.db",
-        "desktop.ini",
-    )
-
-    def __init__(
-        self,
-        *,
-        extra_ignore_dirs: Iterable[str] = (),
-        extra_ignore_patterns: Iterable[str] = (),
-        ignore_paths: Iterable[str | Path] = (),
-        suffixes: Iterable[str] = (".md",),
-    ):
-        self._dirs = frozenset((*self.ignore_dirs, *extra_ignore_dirs))
-        patterns = [p.lower() for p in (*self.ignore_patterns, *extra_ignore_patterns)]
-        self._patterns = re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
-        self._paths = tuple(_resolved(Path(p)) for p in ignore_paths)
-        self._suffixes = frozenset(s.lower() for s in suffixes)
-
-    def __call__(self, change: Change, path: Path) -> bool:
-        if self._suffixes and path.suffix.lower() not in self._suffixes:
-            return False
-        if self._patterns is not None and self._patterns.match(path.name.lower()):
-            return False
-        if any(part in self._dirs for part in path.parts[:-1]):
-            return False
-        return not any(path == p or path.is_relative_to(p) for p in self._paths)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(ignore_dirs={sorted(self._dirs)}, "
-            f"ignore_paths={[str(p) for p in self._paths]}, suffixes={sorted(self._suffixes)})"
-        )
-
-
 def watch_vault(
     vault: str | Path,
     *,
-    note_filter: Callable[[Change, Path], bool] | None = NoteFilter(),
+    note_filter: Callable[[Change, Path], bool] | None = _NOTES,
     debounce_ms: int = 1_600,
     step_ms: int = 50,
     stop_event: threading.Event | None = None,
@@ -306,10 +229,11 @@ def _changes_from(event: Any) -> list[tuple[Change, Path]]:
 class SelfWrites:
     """Remember what the tool wrote, so its own writes never retrigger jobs.
 
-    Call `remember(path, data)` *before* writing `data` (the exact text or bytes; text
-    is hashed as UTF-8, so write it without newline translation). `is_own(path)` reads
-    the file now and is True when it still holds the last thing remembered for it; a
-    later edit by the user makes it False again. Thread-safe; remembers at most
+    Call `remember(path, data)` with exactly what was written (text is hashed as UTF-8), as
+    soon as the write returns: the watcher asks `is_own(path)` only when the debounced batch
+    holding the write's events is handled, well after that. `is_own` reads the file then and
+    is True when it still holds the last thing remembered for it; a later edit by the user
+    makes it False again. Thread-safe; remembers at most
     `max_entries` paths, forgetting the least recently used.
     """
 
@@ -338,10 +262,6 @@ class SelfWrites:
         except OSError:  # deleted or unreadable: not something we wrote
             return False
         return hashlib.sha256(data).digest() == expected
-
-    def forget(self, path: str | Path) -> None:
-        with self._lock:
-            self._hashes.pop(_resolved(Path(path)), None)
 
     def __len__(self) -> int:
         with self._lock:

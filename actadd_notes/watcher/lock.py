@@ -15,6 +15,10 @@ checked against the path after locking, so a file unlinked by its releaser is ne
 mistaken for the lock. The create race goes through `O_CREAT | O_EXCL`. A file whose
 holder is gone (no flock, or where flock is unavailable, a dead pid on this host) is
 taken over in place.
+
+The folder is hostile ground like the rest of the vault: links are never followed in it
+(`O_NOFOLLOW`, `lstat`), and a lock or claim file that is not a plain file with one link
+(a symlink or hard link to a file elsewhere, a FIFO) is refused, never opened for writing.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import unicodedata
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,13 +43,14 @@ try:
 except ImportError:  # Windows: fall back to pid liveness
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STATE_DIR", "Claim", "JobClaims", "VaultLock"]
+__all__ = ["STATE_DIR", "JobClaims", "VaultLock"]
 
 STATE_DIR = ".actadd-notes"
 """The tool's private folder at the vault root; a dot folder, so Obsidian hides it."""
 
 _HOST = socket.gethostname()
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows opens in text mode otherwise
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # Windows has no symlinks to follow by accident
 
 # Lock files held by this process, path -> record. flock alone would do on a local disk,
 # but on NFS it is emulated with POSIX locks, which never conflict within one process.
@@ -95,27 +100,13 @@ class VaultLock:
         return f"VaultLock({str(self.vault)!r}, held={self.held})"
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A job claim as stored: `note` is the vault-relative POSIX path; `file` the claim file."""
-
-    note: str
-    pid: int
-    hostname: str
-    run_id: str
-    started: str
-    file: Path
-
-
 class JobClaims:
     """Per-job claims, so two processes (`actadd-notes run` and the watcher) never run one job.
 
     `claim(note, run_id)` is False while a live process holds the note's claim (this one
     included: a second claim of a held note is refused); a claim left by a dead process
-    is taken over. `stale()` lists claims left by dead processes on this host: a job such
-    a process left `running` is the caller's to re-queue on start. Notes are absolute
-    paths or paths relative to the vault. Thread-safe; `close()` (or `with`) releases
-    every claim this object holds.
+    is taken over. Notes are absolute paths or paths relative to the vault. Thread-safe;
+    `close()` (or `with`) releases every claim this object holds.
     """
 
     def __init__(self, vault: str | Path):
@@ -147,28 +138,10 @@ class JobClaims:
             lock = self._held.pop(note, None)
         if lock is None:
             lock = _LockFile(file)
-            if not file.exists() or lock.acquire({"note": note, "pid": os.getpid(), "hostname": _HOST}) is not None:
+            record = {"note": note, "pid": os.getpid(), "hostname": _HOST}
+            if not os.path.lexists(file) or lock.acquire(record) is not None:
                 return
         lock.release()
-
-    def stale(self) -> list[Claim]:
-        """Claims whose holder, a process on this host, is dead; sorted by note."""
-        claims = []
-        for file in sorted(self.directory.glob("*.json")):
-            with _HELD_LOCK:
-                if str(file) in _HELD:
-                    continue
-            record = _peek(file)
-            claim = _claim_from(record, file)
-            if claim is None:
-                if file.exists():  # unreadable: drop it if nobody holds it
-                    lock = _LockFile(file)
-                    if lock.acquire({"pid": os.getpid(), "hostname": _HOST}) is None:
-                        lock.release()
-                continue
-            if claim.hostname == _HOST and not _alive(file, claim.pid):
-                claims.append(claim)
-        return sorted(claims, key=lambda c: c.note)
 
     def close(self) -> None:
         with self._lock:
@@ -226,18 +199,21 @@ class _LockFile:
     def _acquire(self, record: dict[str, Any]) -> dict[str, Any] | None:
         for _ in range(16):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o644)
                 created = True
             except FileExistsError:
                 try:
-                    fd = os.open(self.path, os.O_RDWR | _BINARY)
+                    fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | _NOFOLLOW | _BINARY)
                 except FileNotFoundError:  # released in between: try to create it again
                     continue
+                except OSError as error:  # ELOOP: a symlink
+                    raise _foreign(self.path, error.strerror or str(error)) from error
                 created = False
             except OSError as error:
                 raise VaultError(f"cannot create {self.path}: {error.strerror or error}", path=self.path) from error
             keep = False
             try:
+                _check_plain(fd, self.path)
                 locked = _flock(fd)
                 if locked is False:  # a live holder (or, if we just created it, one taking it over)
                     return _read(fd) or {}
@@ -301,20 +277,6 @@ def _gone(holder: dict[str, Any] | None, locked: bool | None, fd: int) -> bool:
     return not (isinstance(pid, int) and _pid_alive(pid))
 
 
-def _alive(file: Path, pid: int) -> bool:
-    """Whether the claim in `file`, by `pid` on this host, is held by a live process."""
-    if not _pid_alive(pid):
-        return False
-    try:  # the pid is alive, but may have been reused: ask the flock
-        fd = os.open(file, os.O_RDONLY | _BINARY)
-    except FileNotFoundError:
-        return False
-    try:
-        return _flock(fd) is not True
-    finally:
-        os.close(fd)  # drops the probe lock, if it took one
-
-
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -352,7 +314,7 @@ def _windows_pid_alive(pid: int) -> bool:  # pragma: no cover - Windows only
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        on_disk = os.stat(path)
+        on_disk = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)
@@ -371,41 +333,12 @@ def _read(fd: int) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _peek(file: Path) -> dict[str, Any] | None:
-    try:
-        fd = os.open(file, os.O_RDONLY | _BINARY)
-    except OSError:
-        return None
-    try:
-        return _read(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(fd: int, record: dict[str, Any]) -> None:
     data = (json.dumps(record) + "\n").encode()
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     while data:
         data = data[os.write(fd, data) :]
-
-
-def _claim_from(record: dict[str, Any] | None, file: Path) -> Claim | None:
-    if record is None:
-        return None
-    try:
-        claim = Claim(
-            note=record["note"],
-            pid=record["pid"],
-            hostname=record["hostname"],
-            run_id=record.get("run_id", ""),
-            started=record.get("started", ""),
-            file=file,
-        )
-    except KeyError:
-        return None
-    ok = isinstance(claim.note, str) and isinstance(claim.pid, int) and isinstance(claim.hostname, str)
-    return claim if ok else None
 
 
 def _describe(holder: dict[str, Any], path: Path) -> str:
@@ -419,12 +352,39 @@ def _describe(holder: dict[str, Any], path: Path) -> str:
 
 
 def _make_state_dir(vault: Path, directory: Path) -> None:
+    """Create `directory` and the folders above it up to the vault, each a real folder: a
+    symlink among them (which could lead anywhere) is refused."""
     if not vault.is_dir():
         raise VaultError(f"vault {vault} is not a directory", path=vault)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise VaultError(f"cannot create {directory}: {error.strerror or error}", path=directory) from error
+    parts = directory.relative_to(vault).parts
+    for depth in range(1, len(parts) + 1):
+        folder = vault.joinpath(*parts[:depth])
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise VaultError(f"cannot create {folder}: {error.strerror or error}", path=folder) from error
+        mode = os.lstat(folder).st_mode
+        if not stat.S_ISDIR(mode):
+            raise _foreign(folder, "a symlink or a file where the tool keeps its folder")
+
+
+def _check_plain(fd: int, path: Path) -> None:
+    """Refuse a lock file that is no plain file of one link: writing it would write elsewhere."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise _foreign(path, "not a plain file")
+    if info.st_nlink != 1:
+        raise _foreign(path, f"a hard link ({info.st_nlink} names for one file)")
+
+
+def _foreign(path: Path, why: str) -> VaultError:
+    return VaultError(
+        f"{path}: {why}; the tool never follows links or writes through them in its own folder. "
+        "If you did not put it there, check the vault; delete it to go on",
+        path=path,
+    )
 
 
 def _now() -> str:

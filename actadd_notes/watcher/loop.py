@@ -1,10 +1,14 @@
 """The watcher: spec notes in, results out, one job at a time, crash-safe.
 
 A thread turns file events into debounced batches (`watch_vault`); the main loop runs the
-queued spec notes in arrival order. On start a full scan picks up every `status: queued`
-spec, and a job left `running` by a dead process (its claim's pid is gone) is resumed with
-its run id, so its outputs are rewritten, never duplicated. SIGTERM / Ctrl-C stop at the
-next batch: the current job goes back to `queued`.
+queued spec notes in arrival order. On start a scan (`vault.scan`: a textual pre-filter, so
+only notes that declare themselves specs are parsed) picks up every `status: queued` spec, and
+a job left `running` by a dead process (its claim's pid is gone) is resumed with its run id,
+so its outputs are rewritten, never duplicated. A note the watcher cannot or must not run (a
+link out of the vault, a sync tool's copy, properties it cannot read) is passed over with a
+logged reason, and a spec whose properties cannot be read gets the reason in its body (its
+frontmatter untouched). SIGTERM / Ctrl-C stop at the next batch: the current job goes back to
+`queued`.
 """
 
 from __future__ import annotations
@@ -14,22 +18,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from actadd_notes.errors import ActaddError, VaultError
-from actadd_notes.jobs import QUEUED, RUNNING, JobOutcome, JobRunner, is_spec_note, relative, spec_notes
-from actadd_notes.vault.lock import JobClaims, VaultLock
-from actadd_notes.vault.notes import Note
-from actadd_notes.vault.watch import Change, NoteFilter, SelfWrites, WatchdogSource, watch_vault
+from actadd_notes.jobs import QUEUED, RUNNING, JobOutcome, JobRunner
+from actadd_notes.vault.notes import UnreadableProperties, escape_markers, write_error_region
+from actadd_notes.vault.scan import NoteFilter, Spec, examine_spec, scan_specs, spec_status
+from actadd_notes.watcher.events import Change, SelfWrites, WatchdogSource, watch_vault
+from actadd_notes.watcher.lock import JobClaims, VaultLock
 
 Log = Callable[[str], None]
+ERROR_REGION = "actadd-error"
 
 
 class _StartedSource(WatchdogSource):
     """The real event source, telling the watcher when its watches are in place: the
     start-up scan must come after that, or a note saved between the two is never seen."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, root: Path, **options: Any):
+        super().__init__(root, **options)
         self.started = threading.Event()
 
     def start(self) -> None:
@@ -62,31 +69,29 @@ class Watcher:
         self.pending: dict[Path, None] = {}  # insertion-ordered set of notes to run
         self.retry: dict[Path, float] = {}  # unreadable notes, checked again after the debounce
         self.outcomes: list[JobOutcome] = []
+        self._passed_over: dict[Path, str] = {}  # notes skipped, and why: each reason is logged once
         self._watch_error: ActaddError | None = None  # why the event thread stopped, if it failed
 
     # ----------------------------------------------------------------- start
     def startup(self, claims: JobClaims) -> None:
         """Resume jobs of dead processes, then queue every `queued` spec note."""
-        for path, status in spec_notes(self.config):
-            if status == RUNNING and not self._claimed_alive(claims, path):
-                self.log(f"resuming {relative(self.config, path)} (left running by a stopped process)")
-                self.pending[path] = None
-            elif status == QUEUED:
-                self.pending[path] = None
+        for spec in scan_specs(self.config):
+            if spec.skipped is not None:
+                self._pass_over(spec)
+            elif spec.status == RUNNING and not self._claimed_alive(claims, spec.path):
+                self.log(f"resuming {self._name(spec.path)} (left running by a stopped process)")
+                self.pending[spec.path] = None
+            elif spec.status == QUEUED:
+                self.pending[spec.path] = None
 
-    @staticmethod
-    def _claimed_alive(claims: JobClaims, path: Path) -> bool:
-        if claims.claim(path, "probe"):
-            claims.release(path)
-            return False
-        return True
-
-    def _status(self, path: Path) -> str | None:
+    def _claimed_alive(self, claims: JobClaims, path: Path) -> bool:
         try:
-            note = Note.read(path)
-        except (ActaddError, OSError):
-            return None
-        return note.properties.get("status") if is_spec_note(note) else None
+            if claims.claim(path, "probe"):
+                claims.release(path)
+                return False
+        except VaultError as error:  # a claim file the tool must not touch: leave the job alone
+            self.log(f"{self._name(path)}: {error}")
+        return True
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> list[JobOutcome]:
@@ -95,7 +100,7 @@ class Watcher:
         Raises VaultError when the vault is locked by another watcher, or when watching
         fails (the vault deleted, inotify limits), after putting the current job back."""
         with VaultLock(self.root), JobClaims(self.root) as claims:
-            inbox: queue.Queue = queue.Queue()
+            inbox: queue.Queue[set[tuple[Change, Path]]] = queue.Queue()
             source = _StartedSource(self.root, force_polling=self.force_polling)
             events = threading.Thread(target=self._pump, args=(inbox, source), name="actadd-watch", daemon=True)
             events.start()
@@ -119,10 +124,10 @@ class Watcher:
             raise self._watch_error
         return self.outcomes
 
-    def _pump(self, inbox: queue.Queue, source: WatchdogSource) -> None:
+    def _pump(self, inbox: queue.Queue[set[tuple[Change, Path]]], source: WatchdogSource) -> None:
         config = self.config
         note_filter = NoteFilter(
-            ignore_paths=[config.path(config.results_folder), config.path(config.artifacts_folder)]
+            root=self.root, ignore_paths=[config.path(config.results_folder), config.path(config.artifacts_folder)]
         )
         try:
             for batch in watch_vault(
@@ -144,7 +149,7 @@ class Watcher:
             self.log(str(self._watch_error))
         self.stop_event.set()
 
-    def _drain(self, inbox: queue.Queue, timeout: float) -> None:
+    def _drain(self, inbox: queue.Queue[set[tuple[Change, Path]]], timeout: float) -> None:
         try:
             batch = inbox.get(timeout=timeout)
         except queue.Empty:
@@ -153,50 +158,67 @@ class Watcher:
             if change != Change.deleted:
                 self._consider(path)
 
-    def _consider(self, path: Path) -> None:
+    def _consider(self, path: Path, *, retried: bool = False) -> None:
         if self.self_writes.is_own(path):
             return
-        try:
-            note = Note.read(path)
-        except VaultError as error:  # half-written or invalid YAML: look again after the debounce
-            if path in self.retry or not path.exists():  # (or deleted since the event)
-                return
-            self.retry[path] = time.monotonic() + self.debounce_ms / 1000
-            self.log(f"{relative(self.config, path)}: cannot read yet ({error}); trying again")
+        spec = examine_spec(self.config, path)
+        if spec is None:
+            self.retry.pop(path, None)
+            self._passed_over.pop(path, None)
             return
-        except FileNotFoundError:
+        if spec.skipped is not None:
+            if spec.error is not None and not retried:  # half-written, perhaps: look again after the debounce
+                self.retry.setdefault(path, time.monotonic() + self.debounce_ms / 1000)
+                return
+            self.retry.pop(path, None)
+            self._pass_over(spec)
             return
         self.retry.pop(path, None)
-        if is_spec_note(note) and note.properties.get("status") == QUEUED and path not in self.pending:
-            self.log(f"queued {relative(self.config, path)}")
+        self._passed_over.pop(path, None)
+        if spec.status == QUEUED and path not in self.pending:
+            self.log(f"queued {self._name(path)}")
             self.pending[path] = None
 
     def _check_retries(self) -> None:
         now = time.monotonic()
         for path, due in list(self.retry.items()):
-            if due > now:
-                continue
-            del self.retry[path]
-            try:
-                Note.read(path)
-            except VaultError as error:
-                if not path.exists():
-                    continue
-                # Never rewrite a note whose properties cannot be parsed: its words stay as typed.
-                self.log(f"{relative(self.config, path)}: {error} — fix the properties; the watcher goes on")
-                continue
-            except FileNotFoundError:
-                continue
-            self._consider(path)
+            if due <= now:
+                del self.retry[path]
+                self._consider(path, retried=True)
+
+    def _pass_over(self, spec: Spec) -> None:
+        """Log why a note is not run (once per reason), and put the reason into a spec note whose
+        properties cannot be read: its body is where the user looks; its frontmatter stays as typed."""
+        reason = spec.skipped or ""
+        if self._passed_over.get(spec.path) == reason:
+            return
+        self._passed_over[spec.path] = reason
+        detail = reason.removeprefix(f"{spec.path}: ")
+        self.log(f"{self._name(spec.path)}: {detail} — the watcher goes on")
+        if not isinstance(spec.error, UnreadableProperties):
+            return
+        lines = "\n> ".join(escape_markers(detail).splitlines())
+        callout = f"> [!error] actadd-notes cannot read this note's properties\n> {lines}\n> Fix them and save."
+        try:
+            text = write_error_region(spec.path, ERROR_REGION, callout, vault=self.root)
+        except VaultError as error:
+            self.log(f"{self._name(spec.path)}: {error}")
+            return
+        if text is not None:
+            self.self_writes.remember(spec.path, text)
 
     def _run_next(self, claims: JobClaims) -> None:
         path = next(iter(self.pending))
         del self.pending[path]
-        if self._status(path) not in (QUEUED, RUNNING):
+        if spec_status(self.config, path) not in (QUEUED, RUNNING):
             return
-        name = relative(self.config, path)
-        if not claims.claim(path, "watcher"):
-            self.log(f"{name}: another process runs it; skipped")
+        name = self._name(path)
+        try:
+            if not claims.claim(path, "watcher"):
+                self.log(f"{name}: another process runs it; skipped")
+                return
+        except VaultError as error:  # its claim file is a link, say: never touched
+            self.log(f"{name}: {error}; skipped")
             return
         try:
             self.log(f"running {name}")
@@ -209,3 +231,9 @@ class Watcher:
         self.outcomes.append(outcome)
         detail = (outcome.error or outcome.summary).removeprefix(f"{name}: ")  # errors name the note already
         self.log(f"{outcome.status} {name}{': ' + detail if detail else ''}")
+
+    def _name(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)

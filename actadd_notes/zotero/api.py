@@ -1,0 +1,453 @@
+"""The Zotero local and web API through pyzotero, made safe to wait on.
+
+A lookup (`find`) has an overall deadline: every socket read and write gets at most the time
+left, so a server that trickles one byte at a time cannot hold a run. Listings are paged by
+`start` and `Total-Results` with a page cap, and a server that ignores `start` (the same page
+again) is stopped at once. Rate limits (`Backoff`, `Retry-After`) are waited out on an
+injected clock, within the deadline. Anything the server sends that is not the JSON Zotero
+sends (malformed, or of another shape) is a ZoteroError for that citekey.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpcore2
+import httpx2
+
+from actadd_notes.errors import ZoteroError
+from actadd_notes.zotero.items import ZoteroItem, annotation_from, attachment_from, citekey_of, item_from_zotero
+
+if TYPE_CHECKING:
+    from pyzotero import Zotero
+
+__all__ = [
+    "LOCAL_API_URL",
+    "WEB_API_URL",
+    "Clock",
+    "LocalApiSource",
+    "SystemClock",
+    "WebApiSource",
+    "WebCredentials",
+    "user_config_path",
+    "web_credentials",
+]
+
+LOCAL_API_URL = "http://127.0.0.1:23119/api"
+WEB_API_URL = "https://api.zotero.org"
+_PAGE_SIZE = 100  # the most the Zotero API returns per request
+_ENABLE_LOCAL_API = (
+    "start Zotero 7 and enable “Allow other applications on this computer to communicate "
+    "with Zotero” in Settings → Advanced"
+)
+
+
+class Clock(Protocol):
+    """Time for waiting out rate limits and keeping the deadline; tests pass a fake so they never sleep."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _RateLimited(Exception):
+    """Raised inside the transport; the source turns it into a ZoteroError naming the item."""
+
+
+class _OutOfTime(Exception):
+    """The lookup's deadline passed; the source turns it into a ZoteroError naming the item."""
+
+
+class _Deadline:
+    """The time left to one lookup, on the source's clock."""
+
+    def __init__(self, clock: Clock, seconds: float):
+        self.clock = clock
+        self.seconds = seconds
+        self._ends: float | None = None
+
+    def start(self) -> None:
+        self._ends = self.clock.monotonic() + self.seconds
+
+    def left(self) -> float:
+        """Seconds left; _OutOfTime once none are."""
+        left = float("inf") if self._ends is None else self._ends - self.clock.monotonic()
+        if left <= 0:
+            raise _OutOfTime(f"no complete answer within {self.seconds:g} s; try again later")
+        return left
+
+    def cap(self, timeout: float | None) -> float:
+        left = self.left()
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore2.NetworkStream):
+    """A connection whose every read and write waits at most the time the lookup has left."""
+
+    def __init__(self, inner: httpcore2.NetworkStream, deadline: _Deadline):
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.cap(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.cap(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        inner = self._inner.start_tls(ssl_context, server_hostname, self._deadline.cap(timeout))
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore2.NetworkBackend):
+    """httpcore's network backend, with `_DeadlineStream` connections."""
+
+    def __init__(self, inner: httpcore2.NetworkBackend, deadline: _Deadline):
+        self._inner = inner
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore2.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, self._deadline.cap(timeout), local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore2.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, self._deadline.cap(timeout), socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(deadline: _Deadline, *, trust_env: bool) -> httpx2.HTTPTransport:
+    """httpx's transport (proxies and TLS as configured) over `_DeadlineBackend`. httpx takes
+    no network backend, so the one its connection pool made is wrapped in place."""
+    transport = httpx2.HTTPTransport(trust_env=trust_env)
+    pool = transport._pool
+    pool._network_backend = _DeadlineBackend(pool._network_backend, deadline)
+    return transport
+
+
+class _PoliteTransport(httpx2.BaseTransport):
+    """Honours `Backoff` and `Retry-After` through an injected clock, with bounded retries,
+    and never waits past the deadline.
+
+    The headers are removed before pyzotero sees them: pyzotero would otherwise wait on the
+    wall clock, for as long as the server asks, and retry 429s on its own.
+    """
+
+    def __init__(
+        self, inner: httpx2.BaseTransport, *, clock: Clock, deadline: _Deadline, attempts: int, max_wait_s: float
+    ):
+        self._inner = inner
+        self._clock = clock
+        self._deadline = deadline
+        self._attempts = attempts
+        self._max_wait_s = max_wait_s
+        self._not_before = 0.0
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        for attempt in range(1, self._attempts + 1):
+            if (wait := self._not_before - self._clock.monotonic()) > 0:
+                if wait >= self._deadline.left():
+                    raise _OutOfTime(f"Zotero asks to wait {wait:.0f} s, longer than the lookup has left")
+                self._clock.sleep(wait)
+            response = self._inner.handle_request(request)
+            delay = _pop_delay(response.headers)
+            if response.status_code != 429:
+                if delay:
+                    self._defer(delay)
+                return response
+            response.close()
+            self._defer(delay or 2.0**attempt)
+        raise _RateLimited(f"still rate-limited after {self._attempts} attempts; try again later")
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _defer(self, seconds: float) -> None:
+        if seconds > self._max_wait_s:
+            raise _RateLimited(f"Zotero asks to wait {seconds:.0f} s before the next request; try again later")
+        self._not_before = self._clock.monotonic() + seconds
+
+
+def _pop_delay(headers: httpx2.Headers) -> float | None:
+    """Seconds from `Backoff`/`Retry-After` (Zotero sends seconds), removing both headers."""
+    values = [headers.pop(name) for name in ("backoff", "retry-after") if name in headers]
+    seconds = [float(v) for v in values if re.fullmatch(r"\s*\d+(\.\d+)?\s*", v)]
+    return max(seconds) if seconds else None
+
+
+class _ApiSource:
+    """Lookup through pyzotero, shared by the local and web API."""
+
+    name: str
+    _unreachable: str
+    _forbidden: str
+    _not_found: str
+
+    def __init__(
+        self,
+        *,
+        library_id: str,
+        library_type: str,
+        api_key: str | None,
+        local: bool,
+        base_url: str,
+        clock: Clock,
+        attempts: int,
+        max_wait_s: float,
+        timeout_s: float,
+        deadline_s: float,
+        max_pages: int,
+    ):
+        from pyzotero import Zotero  # 0.2 s; only commands that reach Zotero pay it
+
+        self._deadline = _Deadline(clock, deadline_s)
+        self._max_pages = max_pages
+        inner = _deadline_transport(self._deadline, trust_env=not local)
+        transport = _PoliteTransport(
+            inner, clock=clock, deadline=self._deadline, attempts=attempts, max_wait_s=max_wait_s
+        )
+        client = httpx2.Client(transport=transport, follow_redirects=True, timeout=timeout_s, trust_env=not local)
+        self.base_url = base_url.rstrip("/")
+        self._zot: Zotero = Zotero(library_id, library_type, api_key, local=local, client=client)
+        self._zot.endpoint = self.base_url
+
+    def find(self, citekey: str) -> ZoteroItem:
+        self._deadline.start()
+        with self._errors(citekey):
+            found = self._lookup(citekey)
+            children = [c["data"] for c in self._paged(self._zot.children, found["key"])]
+            attachments = [c for c in children if c.get("itemType") == "attachment"]
+            annotations = [
+                annotation_from(a)
+                for pdf in attachments
+                if pdf.get("contentType") == "application/pdf"
+                for a in sorted(
+                    (c["data"] for c in self._paged(self._zot.children, pdf["key"])),
+                    key=lambda data: str(data.get("annotationSortIndex", "")),
+                )
+                if a.get("itemType") == "annotation"
+            ]
+            library = found.get("library") or {}
+            return item_from_zotero(
+                found["data"],
+                parsed_date=(found.get("meta") or {}).get("parsedDate", ""),
+                annotations=annotations,
+                notes=[c.get("note", "") for c in children if c.get("itemType") == "note"],
+                attachments=[attachment_from(a) for a in attachments],
+                library_type=library.get("type", "user"),
+                library_id=str(library.get("id", "")),
+            )
+
+    def _lookup(self, citekey: str) -> dict[str, Any]:
+        """A quick search first (`everything` covers `extra`), then a scan of all top-level
+        items, for servers whose search misses the citekey; either stops at the first match."""
+        searches = (
+            self._paged(self._zot.top, q=citekey, qmode="everything"),
+            self._paged(self._zot.top),
+        )
+        for results in searches:
+            for found in results:
+                if citekey_of(found["data"]) == citekey:
+                    return found
+        raise ZoteroError("no item has this citekey", source=self.name, item=citekey)
+
+    def _paged(self, fetch: Callable[..., Any], *args: str, **params: str) -> Iterator[dict[str, Any]]:
+        """Every result of a listing, a page at a time, by `start` and `Total-Results`; at most
+        `max_pages` pages, and a page that repeats the previous one (`start` ignored) ends it."""
+        start, previous = 0, None
+        for _ in range(self._max_pages):
+            page = fetch(*args, start=start, limit=_PAGE_SIZE, **params)
+            if not isinstance(page, list):
+                raise ValueError(f"a listing answered {type(page).__name__}, not a list of items")
+            keys = [entry["key"] for entry in page]
+            if page and keys == previous:
+                raise _Paging(f"the server sent the same page again for start={start}: it ignores paging")
+            total = int(self._zot.request.headers.get("Total-Results", 0))
+            yield from page
+            start, previous = start + len(page), keys
+            if not page or start >= total:
+                return
+        raise _Paging(f"a listing went on past {self._max_pages} pages of {_PAGE_SIZE}; stopped")
+
+    @contextmanager
+    def _errors(self, citekey: str) -> Iterator[None]:
+        """pyzotero and httpx errors, a missed deadline and malformed answers as ZoteroError,
+        with what the user can do about them."""
+        from pyzotero import errors as pz
+
+        def error(message: str) -> ZoteroError:
+            return ZoteroError(message, source=self.name, item=citekey)
+
+        try:
+            yield
+        except (_RateLimited, _OutOfTime, _Paging) as failure:
+            raise error(str(failure)) from None
+        except httpx2.TransportError as failure:
+            if isinstance(failure, httpx2.TimeoutException) and self._out_of_time():
+                raise error(f"no complete answer within {self._deadline.seconds:g} s; try again later") from None
+            raise error(f"{self._unreachable} ({failure})") from failure
+        except pz.UserNotAuthorisedError as failure:
+            raise error(self._forbidden) from failure
+        except pz.ResourceNotFoundError as failure:
+            raise error(self._not_found) from failure
+        except pz.PyZoteroError as failure:
+            raise error(f"Zotero API error: {' '.join(str(failure).split())}") from failure
+        except (AttributeError, KeyError, TypeError, ValueError) as failure:  # JSON of another shape, or none
+            raise error(f"malformed answer from {self.base_url} ({type(failure).__name__}: {failure})") from failure
+
+    def _out_of_time(self) -> bool:
+        try:
+            self._deadline.left()
+        except _OutOfTime:
+            return True
+        return False
+
+
+class _Paging(Exception):
+    """A listing that would not end; the source turns it into a ZoteroError naming the item."""
+
+
+class LocalApiSource(_ApiSource):
+    """The local API of a running Zotero 7 (Settings → Advanced must allow other apps)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        base_url: str = LOCAL_API_URL,
+        clock: Clock | None = None,
+        attempts: int = 3,
+        max_wait_s: float = 60.0,
+        timeout_s: float = 10.0,
+        deadline_s: float = 60.0,
+        max_pages: int = 100,
+    ):
+        super().__init__(
+            library_id="0",
+            library_type="user",
+            api_key=None,
+            local=True,
+            base_url=base_url,
+            clock=clock or SystemClock(),
+            attempts=attempts,
+            max_wait_s=max_wait_s,
+            timeout_s=timeout_s,
+            deadline_s=deadline_s,
+            max_pages=max_pages,
+        )
+        self._unreachable = f"Zotero is not running or not reachable at {self.base_url}: {_ENABLE_LOCAL_API}"
+        self._forbidden = f"Zotero refused the local API at {self.base_url}: {_ENABLE_LOCAL_API}"
+        self._not_found = f"no local API at {self.base_url}: it needs Zotero 7 or later"
+
+
+class WebApiSource(_ApiSource):
+    """The zotero.org web API for a user or group library."""
+
+    name = "web"
+
+    def __init__(
+        self,
+        *,
+        library_id: str,
+        api_key: str | None,
+        library_type: str = "user",
+        base_url: str = WEB_API_URL,
+        clock: Clock | None = None,
+        attempts: int = 3,
+        max_wait_s: float = 60.0,
+        timeout_s: float = 30.0,
+        deadline_s: float = 120.0,
+        max_pages: int = 100,
+    ):
+        super().__init__(
+            library_id=library_id,
+            library_type=library_type,
+            api_key=api_key,
+            local=False,
+            base_url=base_url,
+            clock=clock or SystemClock(),
+            attempts=attempts,
+            max_wait_s=max_wait_s,
+            timeout_s=timeout_s,
+            deadline_s=deadline_s,
+            max_pages=max_pages,
+        )
+        library = f"{library_type} library {library_id}"
+        self._unreachable = f"cannot reach the Zotero web API at {self.base_url}"
+        self._forbidden = f"the Zotero web API refused access to {library}: check ZOTERO_API_KEY"
+        self._not_found = f"the Zotero web API has no {library}: check ZOTERO_LIBRARY_ID and ZOTERO_LIBRARY_TYPE"
+
+
+@dataclass(frozen=True)
+class WebCredentials:
+    """Where the web API finds a library; the key may be empty for a public library."""
+
+    library_id: str
+    api_key: str = ""
+    library_type: str = "user"
+
+
+def user_config_path() -> Path:
+    """`$XDG_CONFIG_HOME/actadd-notes/config.toml` (default `~/.config/…`)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "actadd-notes" / "config.toml"
+
+
+def web_credentials() -> WebCredentials:
+    """Credentials from ZOTERO_LIBRARY_ID / ZOTERO_API_KEY / ZOTERO_LIBRARY_TYPE, each falling
+    back to `library_id` / `api_key` / `library_type` in the `[zotero]` table of the user
+    config file. ZoteroError says what is missing."""
+    path = user_config_path()
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("zotero", {}) if path.is_file() else {}
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ZoteroError(f"cannot read the Zotero web credentials in {path}: {error}") from error
+    values = {
+        field: os.environ.get(f"ZOTERO_{field.upper()}") or str(table.get(field, ""))
+        for field in ("library_id", "api_key", "library_type")
+    }
+    if not values["library_id"]:
+        raise ZoteroError(
+            "no Zotero web library configured: set ZOTERO_LIBRARY_ID and ZOTERO_API_KEY, "
+            f"or library_id and api_key under [zotero] in {path}"
+        )
+    values["library_type"] = values["library_type"] or "user"
+    if values["library_type"] not in ("user", "group"):
+        raise ZoteroError(f"Zotero library type {values['library_type']!r} is not 'user' or 'group'")
+    return WebCredentials(**values)
