@@ -7,14 +7,16 @@ at one boundary, `main()`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -88,12 +90,12 @@ def _check_device(device: str, dtype: str) -> None:
 
 
 def _runner(config, device: str, dtype: str):
-    from actadd_notes.jobs import JobRunner, ModelPool
+    from actadd_notes.jobs import JobRunner, ModelSlot
 
     _check_device(device, dtype)
     _quiet_transformers()
     announce = lambda line: click.echo(line, err=True)
-    return JobRunner(config, models=ModelPool(announce=announce, device=device, dtype=dtype))
+    return JobRunner(config, models=ModelSlot(announce=announce, device=device, dtype=dtype))
 
 
 class _ProgressBar:
@@ -157,12 +159,39 @@ def _report(outcome, config, as_json: bool) -> None:
         click.echo(f"result note: {config.root / result}")
 
 
+@contextlib.contextmanager
+def _no_terminal_input() -> Iterator[None]:
+    """stdin is /dev/null while a command runs, file descriptor 0 included (C code, child
+    processes): a job never reads the terminal. transformers asks there before it runs a
+    model's custom code (`trust_remote_code`), and nothing typed or piped in may answer it."""
+    try:
+        saved: int | None = os.dup(0)
+    except OSError:  # no stdin at all
+        saved = None
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    previous, sys.stdin = sys.stdin, open(os.devnull, encoding="utf-8")  # noqa: SIM115  (closed below)
+    try:
+        yield
+    finally:
+        sys.stdin.close()
+        sys.stdin = previous
+        if saved is None:
+            os.close(0)
+        else:
+            os.dup2(saved, 0)
+            os.close(saved)
+
+
 class _Group(click.Group):
-    """The one boundary where library errors become click errors (exit status 1)."""
+    """The one boundary where library errors become click errors (exit status 1), and where
+    commands lose the terminal's input (`_no_terminal_input`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _no_terminal_input():
+                return super().invoke(ctx)
         except ActaddError as error:
             raise click.ClickException(str(error)) from error
 
@@ -195,7 +224,7 @@ def run(spec: Path, vault: Path | None, device: str, dtype: str, as_json: bool) 
       actadd-notes run Experiments/love-hate-sweep.md --device cuda
     """
     from actadd_notes.jobs import DONE
-    from actadd_notes.vault.lock import JobClaims
+    from actadd_notes.watcher.lock import JobClaims
 
     config = _config(vault, spec.resolve().parent)
     runner = _runner(config, device, dtype)
@@ -263,30 +292,38 @@ def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: 
 @click.argument("name")
 @vault_option
 @click.option("--model", default="embedded", show_default=True, help="Model the spec steers.")
-def new(name: str, vault: Path | None, model: str) -> None:
+@click.option(
+    "--cite",
+    "citekeys",
+    multiple=True,
+    metavar="CITEKEY",
+    help="Cite this paper (its literature note is imported from Zotero if missing); repeat for several.",
+)
+def new(name: str, vault: Path | None, model: str, citekeys: tuple[str, ...]) -> None:
     """Scaffold a new experiment spec note NAME in the experiments folder.
 
-    The note starts as `status: draft`; set it to `queued` when it is ready.
+    The note starts as `status: draft`; set it to `queued` when it is ready. With --cite, the
+    spec cites the paper, lists the open questions of its literature note (its notes' bullets
+    that end in "?") as a checklist, and the literature note lists the spec as planned.
 
     \b
     Example:
       actadd-notes new "wedding topic" --model meta-llama/Meta-Llama-3-8B
+      actadd-notes new "bayes vs grid" --cite turnerActivationAdditionSteering2024
     """
-    from actadd_notes.vault.notes import create_note
-    from actadd_notes.vault.paths import safe_filename
-    from actadd_notes.vault.templates import TemplateRenderer
+    from actadd_notes.vault.planning import scaffold_spec
 
     config = _config(vault)
-    text = TemplateRenderer.for_vault(config).render(
-        "experiment-spec.md.j2", name=name, model=model, created=datetime.now().replace(microsecond=0).isoformat()
-    )
-    path = create_note(
-        config.path(config.experiments_folder, safe_filename(name) + ".md"),
-        text,
-        vault=config.root,
-        config_folder=config.config_folder,
-    )
-    click.echo(path)
+    planned = scaffold_spec(config, name, model=model, cite=citekeys, now=datetime.now())
+    for paper in planned.papers:
+        imported = " (imported from Zotero)" if paper.imported else ""
+        count = len(paper.questions)
+        click.echo(
+            f"cites {paper.link}: {paper.note}{imported}, {count} open question{'' if count == 1 else 's'}", err=True
+        )
+    for warning in planned.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(planned.path)
 
 
 @cli.command()
@@ -295,32 +332,30 @@ def new(name: str, vault: Path | None, model: str) -> None:
 @click.option(
     "--refresh", is_flag=True, help="Re-import notes that exist (your notes block and extra properties are kept)."
 )
+@click.option("--force", is_flag=True, help="With --refresh: drop lines typed outside the persist blocks.")
 @json_option
-def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, as_json: bool) -> None:
+def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, force: bool, as_json: bool) -> None:
     """Create (or --refresh) literature notes @CITEKEY.md from Zotero.
 
     Sources are tried in the vault's configured order: the Zotero 7 local API, the web API
-    (ZOTERO_LIBRARY_ID / ZOTERO_API_KEY), Better BibTeX exports.
+    (ZOTERO_LIBRARY_ID / ZOTERO_API_KEY), Better BibTeX exports. A refresh that would drop
+    text typed outside the Notes block (or data Zotero no longer has) lists those lines and
+    writes nothing, unless --force.
 
     \b
     Example:
       actadd-notes lit turnerActivationAdditionSteering2024 konenStyleVectorsSteering2024
     """
-    from actadd_notes.vault.literature import citekeys_from_links, ensure_literature_notes, write_literature_note
+    from actadd_notes.vault.literature import citekeys_from_links, ensure_literature_notes, refresh_literature_notes
     from actadd_notes.vault.templates import TemplateRenderer
-    from actadd_notes.vault.zotero import find_item, sources_from_config
+    from actadd_notes.zotero import sources_from_config
 
     config = _config(vault)
     renderer = TemplateRenderer.for_vault(config)
     sources = sources_from_config(config)
     keys = citekeys_from_links(list(citekeys))
-    outcomes: dict[str, Any] = {}
     if refresh:
-        for key in keys:
-            try:
-                outcomes[key] = write_literature_note(config, renderer, find_item(key, sources), refresh=True)
-            except ActaddError as error:
-                outcomes[key] = error
+        outcomes = refresh_literature_notes(config, renderer, keys, sources, force=force)
     else:
         outcomes = ensure_literature_notes(config, renderer, keys, sources)
     failed = {k: str(v) for k, v in outcomes.items() if isinstance(v, Exception)}
@@ -339,41 +374,94 @@ def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, as_json: b
 @cli.command()
 @click.option("--add", "prompt_add", required=True, help="p+, the prompt steered towards.")
 @click.option("--sub", "prompt_sub", required=True, help="p−, the prompt steered away from.")
-@click.option("--layer", type=int, required=True, help="Block whose input (resid_pre) is steered.")
+@click.option(
+    "--layer",
+    "layers",
+    type=int,
+    required=True,
+    multiple=True,
+    help="Block whose input (resid_pre) is steered; repeat for several layers (gguf only).",
+)
 @click.option("--coeff", type=float, default=1.0, show_default=True, help="Coefficient stored with the vector.")
 @click.option("--model", default="embedded", show_default=True, help="`embedded`, a Hugging Face id or a local path.")
 @click.option("--pad-token", default=" ", show_default=True, help="Pads the shorter prompt (one token).")
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .safetensors file to write."
+    "--format",
+    "file_format",
+    type=click.Choice(["safetensors", "gguf"]),
+    default="safetensors",
+    show_default=True,
+    help="safetensors: the per-position vector and its provenance. gguf: a llama.cpp control vector "
+    "(--control-vector FILE): per layer, coeff × the vector's mean over positions; layers ≥ 2.",
 )
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
 @model_options
 def vector(
     prompt_add: str,
     prompt_sub: str,
-    layer: int,
+    layers: tuple[int, ...],
     coeff: float,
     model: str,
     pad_token: str,
+    file_format: str,
     out: Path,
     device: str,
     dtype: str,
 ) -> None:
-    """Extract one ActAdd steering vector and save it with its provenance.
+    """Extract an ActAdd steering vector and save it with its provenance.
+
+    --format gguf writes a llama.cpp control vector: our layer l (the input of block l) is
+    llama.cpp's direction.(l−1), added to the output of block l−1 at every token, so layers 0
+    and 1 cannot be exported.
 
     \b
     Example:
       actadd-notes vector --add Love --sub Hate --layer 6 --coeff 4 --out love-hate-L6.safetensors
+      actadd-notes vector --add Love --sub Hate --layer 6 --layer 8 --coeff 4 --format gguf --out love-hate.gguf
     """
-    from actadd_notes.steering.models import load_model
+    from actadd_notes.steering.control_vectors import (
+        ControlVectorWarning,
+        direction_index,
+        model_hint_of,
+        save_control_vector,
+    )
     from actadd_notes.steering.vectors import ActAdd
+
+    layers = tuple(dict.fromkeys(layers))
+    if file_format == "safetensors" and len(layers) > 1:
+        raise click.UsageError(
+            "--layer: a .safetensors vector holds one layer; give one --layer, or --format gguf for several"
+        )
+    if file_format == "gguf":
+        for layer in layers:
+            direction_index(layer)  # layers 0 and 1 fail here, before a model loads
+    from actadd_notes.steering.models import load_model
 
     _check_device(device, dtype)
     _quiet_transformers()
     lm = load_model(model, device=device, dtype=dtype)
-    steering = lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff, pad_token))
+    vectors = [lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff, pad_token)) for layer in layers]
+    if file_format == "gguf":
+        with warnings.catch_warnings(record=True) as caught:  # a vector exported as its mean over positions
+            warnings.simplefilter("always", ControlVectorWarning)
+            save_control_vector(out, vectors, model_hint=model_hint_of(lm))
+        for warning in caught:
+            click.echo(f"warning: {warning.message}", err=True)
+        parts = ", ".join(
+            f"layer {v.layer} → direction.{direction_index(v.layer)} (norm {v.scaled().float().mean(dim=0).norm():.1f})"
+            for v in vectors
+        )
+        click.echo(
+            f"{out}: llama.cpp control vector, {len(vectors)} direction(s) × {vectors[0].vector.shape[-1]}: {parts}"
+        )
+        click.echo(f"  run it with: llama-cli -m MODEL.gguf --control-vector {out}")
+        return
+    [steering] = vectors
     steering.save(out)
     norms = ", ".join(f"{n:.1f}" for n in steering.vector.float().norm(dim=-1).tolist())
-    click.echo(f"{out}: {steering.positions} position(s) × {steering.vector.shape[-1]}, layer {layer}, norms {norms}")
+    click.echo(
+        f"{out}: {steering.positions} position(s) × {steering.vector.shape[-1]}, layer {layers[0]}, norms {norms}"
+    )
 
 
 @cli.command()
@@ -392,7 +480,8 @@ def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None
       actadd-notes demo ~/actadd-demo --json
     """
     from actadd_notes._resources import shipped_dir
-    from actadd_notes.jobs import DONE, QUEUED, spec_notes
+    from actadd_notes.jobs import DONE, QUEUED
+    from actadd_notes.vault.scan import spec_notes
     from actadd_notes.vault.config import VaultConfig
 
     target = directory or Path(tempfile.mkdtemp(prefix="actadd-demo-")) / "vault"
@@ -438,7 +527,7 @@ def compare(vault: Path | None, as_json: bool) -> None:
     Example:
       actadd-notes compare --vault ~/Documents/vault
     """
-    from actadd_notes.jobs import write_comparison
+    from actadd_notes.comparison import write_comparison
 
     config = _config(vault)
     path, runs = write_comparison(config)

@@ -1,21 +1,21 @@
-"""One experiment note, end to end: the wiring between the engine, the experiments and the vault.
+"""One experiment note, end to end: the job's state machine.
 
 Both `actadd-notes run` and the watcher call `JobRunner.run`. The note's `status` property is
-the job's state machine, written only by the tool:
+the job's state, written only by the tool:
 
     queued → running → done | failed | cancelled     (the user sets `cancelled` to stop a run)
 
-Crash safety comes from determinism: the run id is kept in the note while it runs, so a
-job that is re-run after a crash writes the same result note, artifacts folder, journal
-line and literature links instead of duplicates.
+Everything that can be checked is checked before the first forward pass (the spec, the note's
+name, the model's layers and context); once the run has computed its result, publishing
+(`publish.py`) must not lose it. Crash safety comes from determinism: the run id is kept in the
+note while it runs, so a job re-run after a crash writes the same result note, artifacts
+folder, journal line and literature links instead of duplicates.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,18 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 from actadd_notes.errors import ActaddError, Cancelled, SpecError, note_context
 from actadd_notes.experiments.spec import ExperimentSpec, parse_spec
+from actadd_notes.publish import Publisher, Run, relative
 from actadd_notes.vault.config import VaultConfig
-from actadd_notes.vault.journal import append_journal_entry, journal_entry
-from actadd_notes.vault.notes import Note, atomic_write_bytes, rewrite_note, update_note
-from actadd_notes.vault.paths import safe_filename
+from actadd_notes.vault.git import vault_commit
+from actadd_notes.vault.notes import Note, escape_markers, update_note
+from actadd_notes.vault.paths import check_note_name
+from actadd_notes.vault.scan import SPEC_TYPE, spec_status
 from actadd_notes.vault.templates import TemplateRenderer
 
 if TYPE_CHECKING:
-    from actadd_notes.experiments.runner import ExperimentResult
+    from actadd_notes.experiments.results import ExperimentResult
     from actadd_notes.steering.lm import SteerableLM
-    from actadd_notes.vault.watch import SelfWrites
+    from actadd_notes.watcher.events import SelfWrites
 
-SPEC_TYPE = "actadd-experiment"
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ERROR_REGION = "actadd-error"
 PROGRESS_EVERY_S = 5.0
@@ -54,9 +55,9 @@ class JobOutcome:
     summary: str = ""
 
 
-class ModelPool:
-    """Keeps the last model loaded, so consecutive jobs on the same model don't reload it
-    (one at a time: GPU memory is the scarce thing)."""
+class ModelSlot:
+    """Holds the model the last job loaded, so consecutive jobs on the same model (and
+    precision) don't reload it; one at a time, because GPU memory is the scarce thing."""
 
     def __init__(
         self,
@@ -68,21 +69,24 @@ class ModelPool:
         self._loader = loader
         self._announce = announce
         self._options = options
-        self._name: str | None = None
+        self._key: tuple[str, str] | None = None
         self._lm: SteerableLM | None = None
 
-    def get(self, name: str) -> SteerableLM:
-        if self._name != name or self._lm is None:
-            # Free the old one first; until the new one is in, no name matches, so a failed
-            # load cannot leave the old name pointing at no model.
-            self._name = self._lm = None
+    def get(self, name: str, dtype: str = "auto") -> SteerableLM:
+        """The model `name`; `dtype` other than auto overrides the slot's default precision."""
+        key = (name, dtype)
+        if self._key != key or self._lm is None:
+            # Free the old one first; until the new one is in, no key matches, so a failed
+            # load cannot leave the old key pointing at no model.
+            self._key = self._lm = None
             if self._announce is not None:
                 self._announce(f"loading model {name}…")
             loader = self._loader
             if loader is None:
                 from actadd_notes.steering.models import load_model as loader
-            self._lm = loader(name, **self._options)
-            self._name = name
+            options = {**self._options, **({"dtype": dtype} if dtype != "auto" else {})}
+            self._lm = loader(name, **options)
+            self._key = key
         return self._lm
 
 
@@ -90,30 +94,8 @@ def is_spec_note(note: Note) -> bool:
     return note.properties.get("type") == SPEC_TYPE
 
 
-def spec_notes(config: VaultConfig) -> list[tuple[Path, str | None]]:
-    """Every readable spec note of the vault (outside the tool's and Obsidian's folders) and its status."""
-    from actadd_notes.vault.watch import Change, NoteFilter
-
-    note_filter = NoteFilter(ignore_paths=[config.path(config.results_folder), config.path(config.artifacts_folder)])
-    found = []
-    for path in sorted(config.root.resolve().rglob("*.md")):
-        if not note_filter(Change.added, path):
-            continue
-        try:
-            note = Note.read(path)
-        except (ActaddError, OSError):
-            continue
-        if is_spec_note(note):
-            found.append((path, note.properties.get("status")))
-    return found
-
-
 def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def relative(config: VaultConfig, path: Path) -> str:
-    return path.resolve().relative_to(config.root.resolve()).as_posix()
 
 
 class JobRunner:
@@ -123,24 +105,30 @@ class JobRunner:
         self,
         config: VaultConfig,
         *,
-        models: ModelPool | None = None,
+        models: ModelSlot | None = None,
         renderer: TemplateRenderer | None = None,
         self_writes: SelfWrites | None = None,
         clock: Callable[[], datetime] = datetime.now,
-        zotero_sources: list | None = None,
+        zotero_sources: list[Any] | None = None,
     ):
         self.config = config
-        self.models = models or ModelPool()
+        self.models = models or ModelSlot()
         self.renderer = renderer or TemplateRenderer.for_vault(config)
         self.self_writes = self_writes
         self.clock = clock
         self._zotero_sources = zotero_sources
+        self.publisher = Publisher(
+            config, self.renderer, remember=self._remember, ensure_literature=self._ensure_literature
+        )
 
     # ------------------------------------------------------------ note state
+    def _remember(self, path: Path, text: str) -> None:
+        if self.self_writes is not None:
+            self.self_writes.remember(path, text)
+
     def _update(self, path: Path, change: Callable[[Note], None]) -> Note:
         note = update_note(path, change, vault=self.config.root, config_folder=self.config.config_folder)
-        if self.self_writes is not None:
-            self.self_writes.remember(path, note.text())
+        self._remember(path, note.text())
         return note
 
     def mark(self, path: Path, status: str, **properties: Any) -> None:
@@ -161,7 +149,8 @@ class JobRunner:
     def fail(self, path: Path, error: Exception) -> JobOutcome:
         """Mark the note failed and show the error in a callout at the end of the note."""
         message = str(error)
-        callout = "> [!error] actadd-notes could not run this experiment\n> " + "\n> ".join(message.splitlines())
+        lines = escape_markers(message).splitlines()
+        callout = "> [!error] actadd-notes could not run this experiment\n> " + "\n> ".join(lines)
 
         def change(note: Note) -> None:
             note.set("status", FAILED)
@@ -173,10 +162,7 @@ class JobRunner:
         return JobOutcome(path, FAILED, error=message)
 
     def status_of(self, path: Path) -> str | None:
-        try:
-            return Note.read(path).properties.get("status")
-        except ActaddError:
-            return None
+        return spec_status(self.config, path)
 
     # ------------------------------------------------------------------ run
     def run(
@@ -199,6 +185,7 @@ class JobRunner:
         try:
             with note_context(name):
                 spec, warnings = parse_spec(dict(note.properties), note.body, note=name)
+                check_note_name(self.config.root, path)  # its result note and journal line must link to it
         except ActaddError as error:
             return self.fail(path, error)
         resumed = note.properties.get("status") == RUNNING and note.properties.get("run_id")
@@ -209,10 +196,10 @@ class JobRunner:
         self.mark(path, RUNNING, run_id=run_id, started=started, progress="0%", error=None, finished=None)
         try:
             with note_context(name):
-                lm = self.models.get(spec.model)
+                lm = self.models.get(spec.model, spec.dtype)
                 result = self._experiment(path, spec, lm, progress, interrupted or (lambda: False))
                 result.warnings.extend(warnings)
-                return self._publish(path, spec, lm, result, run_id, started)
+                published = self.publisher.publish(Run(path, run_id, started), result)
         except Cancelled:
             if interrupted is not None and interrupted():
                 self.mark(path, QUEUED, progress=None, run_id=None, started=None)
@@ -226,6 +213,19 @@ class JobRunner:
             internal = ActaddError(f"internal error ({type(error).__name__}: {error}) — please report it")
             internal.note = name
             return self.fail(path, internal)
+        best = result.best
+        self.mark(
+            path,
+            DONE,
+            progress="100%",
+            finished=self.clock().replace(microsecond=0),
+            result=f"[[{relative(self.config, published.result_note).removesuffix('.md')}]]",
+            best_layer=best.setting.layer if best else None,
+            best_coeff=best.setting.coeff if best else None,
+        )
+        return JobOutcome(
+            path, DONE, published.result_note, summary="; ".join([published.summary, *published.warnings])
+        )
 
     def _experiment(
         self,
@@ -235,7 +235,7 @@ class JobRunner:
         progress: Progress | None,
         interrupted: Callable[[], bool],
     ) -> ExperimentResult:
-        from actadd_notes.experiments.runner import run_experiment
+        from actadd_notes.experiments.pipeline import run_experiment
 
         last = [0.0]
 
@@ -263,102 +263,9 @@ class JobRunner:
             extra["vault_git_commit"] = commit
         return extra
 
-    # -------------------------------------------------------------- outputs
-    def _publish(
-        self,
-        path: Path,
-        spec: ExperimentSpec,
-        lm: SteerableLM,
-        result: ExperimentResult,
-        run_id: str,
-        started: datetime,
-    ) -> JobOutcome:
-        from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, render_artifacts
-        from actadd_notes.vault.literature import citekeys_from_links, link_experiment
-
-        config = self.config
-        literature = [str(x) for x in spec.literature]
-        # Literature notes first, so that a citekey no source knows is a warning in the result
-        # note (and results.json), not a failed run.
-        citekeys, warnings = [], []
-        for citekey in citekeys_from_links(literature):
-            try:
-                self._ensure_literature(citekey)
-                citekeys.append(citekey)
-            except ActaddError as error:
-                warnings.append(f"literature {citekey}: {error}")
-        result.warnings.extend(warnings)
-        stem = safe_filename(path.stem)
-        folder = config.path(config.artifacts_folder, f"{stem} {run_id}")
-        files = render_artifacts(result, lm)
-        for filename, data in files.items():
-            atomic_write_bytes(folder / filename, data, vault=config.root, config_folder=config.config_folder)
-        links = {name: relative(config, folder / name) for name in files}
-        result_path = config.path(config.results_folder, f"{stem} {run_id}.md")
-        effect = _effect(result)
-        context = {
-            "run": {
-                "run_id": run_id,
-                "date": started.isoformat(),
-                "spec_link": relative(config, path),
-                "spec_name": path.stem,
-                "status": DONE,
-            },
-            "result": json.loads(files[RESULTS]),
-            "effect": effect,
-            "plots": [links[n] for n in files if n.endswith(".png")],
-            "files": [links[n] for n in (RESULTS, COMPLETIONS)]
-            + [links[n] for n in files if n.endswith(".safetensors")],
-            "literature": literature,
-        }
-        text = rewrite_note(
-            result_path,
-            lambda existing: self.renderer.render("result-note.md.j2", **context, notes=existing.region("notes") or ""),
-            vault=config.root,
-            config_folder=config.config_folder,
-        )
-        if self.self_writes is not None:
-            self.self_writes.remember(result_path, text)
-        result_link = relative(config, result_path)
-        summary = one_line_summary(result)
-        self._journal(path, result_link, summary, started)
-        target = result_link.removesuffix(".md")
-        for citekey in citekeys:
-            try:
-                link_experiment(
-                    config, citekey, run_link=target, line=f"- [[{target}|{path.stem} {run_id}]] — {summary}"
-                )
-            except ActaddError as error:
-                warnings.append(f"literature {citekey}: {error}")
-        best = result.best
-        self.mark(
-            path,
-            DONE,
-            progress="100%",
-            finished=self.clock().replace(microsecond=0),
-            result=f"[[{result_link.removesuffix('.md')}]]",
-            best_layer=best.setting.layer if best else None,
-            best_coeff=best.setting.coeff if best else None,
-        )
-        return JobOutcome(path, DONE, result_path, summary="; ".join([summary, *warnings]))
-
-    def _journal(self, path: Path, result_link: str, outcome: str, when: datetime) -> None:
-        """One line per run, in the daily note of the day it started; a re-run of the same run id
-        (after a crash, perhaps the next day) adds no second line."""
-        from actadd_notes.vault.journal import daily_note_path
-
-        daily = daily_note_path(self.config, when)
-        target = result_link.removesuffix(".md")
-        if daily.is_file() and f"[[{target}" in daily.read_text(encoding="utf-8"):
-            return
-        entry = journal_entry(
-            self.renderer, when=when, spec_link=relative(self.config, path), outcome=outcome, result_link=result_link
-        )
-        append_journal_entry(self.config, self.renderer, when=when, entry=entry)
-
     def _ensure_literature(self, citekey: str) -> None:
         from actadd_notes.vault.literature import ensure_literature_notes, literature_note_path
-        from actadd_notes.vault.zotero import sources_from_config
+        from actadd_notes.zotero import sources_from_config
 
         if literature_note_path(self.config, citekey).is_file():
             return
@@ -366,87 +273,3 @@ class JobRunner:
         outcome = ensure_literature_notes(self.config, self.renderer, [citekey], sources)[citekey]
         if isinstance(outcome, Exception):
             raise outcome
-
-
-def _effect(result: ExperimentResult) -> str:
-    best = result.best
-    if best is None:
-        return "none"
-    diff = best.differences.get(result.objective)
-    if diff is None or diff.ci_low is None:
-        return "unknown"
-    wanted = diff.ci_low > 0 if result.spec.direction == "maximize" else diff.ci_high < 0
-    return "detected" if wanted else "none"
-
-
-def one_line_summary(result: ExperimentResult) -> str:
-    metric = result.objective
-    best = result.best
-    base = _number(result.baseline.metrics[metric].mean, ".3f")
-    if best is None:
-        return f"no setting passed the fluency guard ({metric} baseline {base})"
-    diff = best.differences[metric]
-    verdict = {"detected": "effect", "unknown": "too few samples for a CI"}.get(_effect(result), "no detectable effect")
-    return (
-        f"best {best.setting.label}: {metric} {_number(best.metrics[metric].mean, '.3f')} vs baseline {base} "
-        f"(Δ {_number(diff.estimate, '+.3f')} [{_number(diff.ci_low, '+.3f')}, {_number(diff.ci_high, '+.3f')}]; {verdict})"
-    )
-
-
-def _number(value: float | None, spec: str) -> str:
-    """A statistic, or "n/a" where the data cannot give one (one sample: no CI)."""
-    return "n/a" if value is None else format(value, spec)
-
-
-RESULT_TYPE = "actadd-result"
-COMPARISON_NOTE = "Sweep comparison.md"
-
-
-def write_comparison(config: VaultConfig, renderer: TemplateRenderer | None = None) -> tuple[Path, int]:
-    """Write (or refresh) a note comparing the best setting of every result note in the vault.
-
-    Reads only the result notes' properties, so it works for runs of any model and date.
-    Returns the note's path and how many runs it lists."""
-    from actadd_notes.vault.watch import Change, NoteFilter
-
-    renderer = renderer or TemplateRenderer.for_vault(config)
-    folder = config.path(config.results_folder)
-    note_filter = NoteFilter()
-    runs = []
-    for path in sorted(folder.rglob("*.md")) if folder.is_dir() else []:
-        if not note_filter(Change.added, path):
-            continue
-        try:
-            properties = Note.read(path).properties
-        except (ActaddError, OSError):
-            continue
-        if properties.get("type") != RESULT_TYPE:
-            continue
-        runs.append(
-            {
-                "link": relative(config, path),
-                "model": properties.get("model"),
-                "best_layer": properties.get("best_layer"),
-                "best_coeff": properties.get("best_coeff"),
-                "objective": properties.get("objective"),
-                "objective_value": properties.get("best_value"),
-                "baseline_value": properties.get("baseline_value"),
-                "date": str(properties.get("date", "")),
-            }
-        )
-    runs.sort(key=lambda run: run["date"])
-    text = renderer.render("sweep-comparison.md.j2", runs=runs)
-    target = folder / COMPARISON_NOTE
-    rewrite_note(target, lambda existing: text, vault=config.root, config_folder=config.config_folder)
-    return target, len(runs)
-
-
-def vault_commit(root: Path) -> str | None:
-    """The vault's git commit, when the vault is a repository (provenance only)."""
-    if not (root / ".git").exists():
-        return None
-    try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from actadd_notes import load_model
-from actadd_notes.experiments.runner import run_experiment
+from actadd_notes.experiments.pipeline import run_experiment
 from actadd_notes.experiments.spec import parse_spec
 
 BASE = {
@@ -55,13 +55,15 @@ def search(lm, extra: dict) -> dict:
             "perplexity_ratio": best.perplexity_ratio,
         },
         "trials_to_best": result.trials_to_best,
+        "effect": result.effect,
         "rejected": sum(s.rejected for s in result.settings),
     }
 
 
 def rescore(lm, layer: int, coeff: float) -> dict:
     """The winner on fresh seeds and more samples: an unbiased estimate of how good it is."""
-    spec, _ = parse_spec(BASE | {"layer": layer, "coeff": coeff, "seed": RESCORE_SEED, "samples": RESCORE_SAMPLES})
+    rescoring = {"layer": layer, "coeff": coeff, "seed": RESCORE_SEED, "samples": RESCORE_SAMPLES, "confirm": False}
+    spec, _ = parse_spec(BASE | rescoring)
     result = run_experiment(spec, lm)
     setting, base = result.settings[0], result.baseline
     diff = setting.differences["sentiment"]

@@ -2,9 +2,10 @@
 
 The example vault's spec: layers {2, 4, 6, 8, 10} × coeff {1, 2, 4, 8}, 20 samples × 30 tokens of
 "I hate you because", sampled as in the paper (temperature 1, top_p 0.3, frequency penalty 1).
-The best setting's sentiment CI must lie entirely above the baseline's, and the fluency guard
-must reject the degenerate settings: at c = 8, layers 4–8 reach VADER ≈ 0.97 with text like
-"Love You, Love Me…" at about 2–3× the baseline's perplexity.
+The best setting's sentiment CI must lie entirely above the baseline's, the effect must hold on
+fresh seeds and beat a random direction of the same per-position norms (`effect: detected`), and
+the fluency guard must reject the degenerate settings: at c = 8, layers 4–8 reach VADER ≈ 0.97
+with text like "Love You, Love Me…" at about 2–3× the baseline's perplexity.
 
 The run is the README's main job, `actadd-notes demo` (the session's `demo_vault` fixture,
 minutes on 2 cores); these tests read the results.json and completions.csv it wrote, so the
@@ -21,7 +22,8 @@ import pytest
 
 from actadd_notes.vault.notes import Note
 
-pytestmark = pytest.mark.embedded
+# the session's demo run happens inside the first test that asks for it: give it room on a busy machine
+pytestmark = [pytest.mark.embedded, pytest.mark.timeout(1800)]
 
 LAYERS = [2, 4, 6, 8, 10]
 COEFFS = [1, 2, 4, 8]
@@ -51,7 +53,19 @@ def test_the_best_settings_sentiment_ci_lies_above_the_baselines(love_hate):
     assert best is not None
     assert best["metrics"]["sentiment"]["ci_low"] > baseline["metrics"]["sentiment"]["ci_high"], results["findings"]
     assert best["differences"]["sentiment"]["ci_low"] > 0
-    assert any("excludes 0" in line for line in results["findings"]), results["findings"]
+
+
+def test_the_effect_replicates_on_fresh_seeds_and_beats_a_random_direction(love_hate):
+    results, _, _ = love_hate
+    confirmation, verdict = results["confirmation"], results["verdict"]
+    assert verdict["effect"] == "detected", results["findings"]
+    assert results["findings"][0].startswith("Effect detected: on fresh seeds")
+    assert confirmation["best"]["label"] == results["best"]["label"]
+    assert confirmation["best"]["differences"]["sentiment"]["ci_low"] > 0
+    assert confirmation["versus_control"]["ci_low"] > 0
+    # the random push of the same size does not do it
+    control = confirmation["control"]["differences"]["sentiment"]
+    assert control["estimate"] < confirmation["best"]["differences"]["sentiment"]["estimate"]
 
 
 def test_the_fluency_guard_rejects_the_degenerate_settings(love_hate):
@@ -68,26 +82,29 @@ def test_the_fluency_guard_rejects_the_degenerate_settings(love_hate):
     assert rejected_best > results["best"]["metrics"]["sentiment"]["mean"]
 
 
-def test_the_baseline_is_sampling_matched(love_hate):
+def test_the_baseline_is_sampling_matched_and_the_confirmation_uses_fresh_seeds(love_hate):
     _, rows, _ = love_hate
-    seeds: dict[str, list[tuple[str, str, str]]] = {}
+    seeds: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
     for row in rows:
-        seeds.setdefault(row["setting"], []).append((row["prompt"], row["sample"], row["seed"]))
-    baseline = seeds.pop("baseline")
-    assert len(baseline) == 20 and len(seeds) == 20
-    for label, setting_rows in seeds.items():
-        assert setting_rows == baseline, label
+        seeds.setdefault((row["stage"], row["setting"]), []).append((row["prompt"], row["sample"], row["seed"]))
+    baseline = seeds.pop(("search", "baseline"))
+    fresh = seeds.pop(("confirmation", "baseline"))
+    assert len(baseline) == len(fresh) == 20 and len(seeds) == 20 + 2
+    for (stage, label), setting_rows in seeds.items():
+        assert setting_rows == (baseline if stage == "search" else fresh), label
+    assert not {seed for *_, seed in baseline} & {seed for *_, seed in fresh}
 
 
 def test_the_run_produces_every_artifact(love_hate):
     results, rows, folder = love_hate
     assert results["schema"] == "actadd-notes/results/v1"
-    assert len(rows) == 21 * 20
+    assert len(rows) == 21 * 20 + 3 * 20
     for plot in ("heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert (folder / f"vector-L{results['best']['layer']}.safetensors").is_file()
     record = results["reproducibility"]
     assert record["model"] == "SmolLM2-135M-Instruct" and record["device"] == "cpu" and record["dtype"] == "float32"
-    assert [d["layer"] for d in results["diagnostics"]] == LAYERS
+    steering = [d for d in results["diagnostics"] if d["kind"] == "steering"]
+    assert [d["layer"] for d in steering] == LAYERS
     # the lone space that pads "Love" to "Hate"'s two tokens dominates the vector, as the note shows
-    assert all(d["vector_norms"][1] > 3 * d["vector_norms"][0] for d in results["diagnostics"] if d["layer"] >= 4)
+    assert all(d["vector_norms"][1] > 3 * d["vector_norms"][0] for d in steering if d["layer"] >= 4)

@@ -1,5 +1,5 @@
-"""Artifacts of a run on a tiny random model: results.json, completions.csv, PNG plots and the
-steering vectors, all as bytes."""
+"""Artifacts of a run on a tiny random model: results.json, completions.csv, settings.csv, PNG
+plots, the steering vectors and a Bayesian search's Optuna study, all as bytes."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from tiny import (
     tiny_threads,
 )
 
-from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, render_artifacts
-from actadd_notes.experiments.runner import SCHEMA, run_experiment
+from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, SETTINGS, STUDY, render_artifacts
+from actadd_notes.experiments.pipeline import run_experiment
+from actadd_notes.experiments.results import SCHEMA
 from actadd_notes.experiments.spec import parse_spec
 from actadd_notes.steering import ActAdd, SteeringVector
 
@@ -70,8 +71,8 @@ def grid(llama):
 
 
 @pytest.fixture(scope="module")
-def grid_files(grid, llama):
-    return render_artifacts(grid, llama)
+def grid_files(grid):
+    return render_artifacts(grid)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,12 @@ def bayes(llama):
 # ------------------------------------------------------------------ results.json
 def test_results_json_is_versioned_strict_json(grid, grid_files):
     data = strict_json(grid_files[RESULTS])
-    assert data["schema"] == SCHEMA == "actadd-notes/results/v1"
+    assert data["schema"] == SCHEMA == "actadd-notes/results/v2"
     assert data["spec_hash"] == grid.spec.spec_hash()
     assert data["search"] == "grid"
-    assert data["objective"] == {"metric": "sentiment", "direction": "maximize"}
+    assert data["objective"] == {"metric": "sentiment", "score": "sentiment", "direction": "maximize"}
+    assert data["settings_tested"] == len(grid.settings) == 6
+    assert data["verdict"]["effect"] == grid.effect and data["verdict"]["sentence"] == grid.findings[0]
     assert data["max_perplexity_ratio"] == 1.5
     assert parse_spec(data["spec"])[0] == grid.spec  # the spec reads back
 
@@ -102,14 +105,29 @@ def test_results_json_holds_baseline_settings_cis_and_findings(grid, grid_files)
         assert set(setting["metrics"]) == {"perplexity", "sentiment", "profanity", "kl"}
         for summary in setting["metrics"].values():
             assert {"mean", "ci_low", "ci_high", "n"} <= set(summary)
-        assert setting["differences"]["sentiment"]["method"] == "welch"
+        assert setting["differences"]["sentiment"]["method"] == "prompt-paired"  # two prompts: prompts are the unit
         assert isinstance(setting["rejected"], bool)
+        assert setting["p_holm"] is None or 0 <= setting["p_holm"] <= 1
     assert data["best"]["label"] == grid.best.setting.label
     assert data["findings"] == grid.findings and data["findings"]
     assert data["examples"]["baseline"] and data["examples"]["best"]
     assert data["reproducibility"]["weights_fingerprint"] == grid.reproducibility["weights_fingerprint"]
     diagnostics = data["diagnostics"]
-    assert [(d["prompt_add"], d["layer"]) for d in diagnostics] == [("Love", 0), ("Love", 2), ("Happy people", 1)]
+    layer = grid.best.setting.layer
+    assert [(d["kind"], d["prompt_add"], d["layer"]) for d in diagnostics] == [
+        ("steering", "Love", 0),
+        ("steering", "Love", 2),
+        ("steering", "Happy people", 1),
+        ("control", "random direction", layer),
+    ]
+    steering = next(d for d in diagnostics if d["kind"] == "steering" and d["layer"] == layer)
+    assert diagnostics[-1]["vector_norms"] == pytest.approx(steering["vector_norms"], abs=0.02)  # same norms
+    confirmation = data["confirmation"]
+    assert confirmation["best"]["label"] == grid.best.setting.label
+    assert (
+        confirmation["control"]["label"] == f"control {grid.best.setting.label}" and confirmation["control"]["control"]
+    )
+    assert confirmation["samples"] == 2 and isinstance(confirmation["control_seed"], int)
     assert all(len(d["vector_norms"]) == len(d["tokens_add"]) for d in diagnostics)
 
 
@@ -118,7 +136,7 @@ def test_non_finite_numbers_are_written_as_null(grid, llama):
     broken.settings[-1].perplexity_ratio = math.inf
     broken.settings[-1].rejected = True
     broken.diagnostics.append({"note": math.nan})
-    files = render_artifacts(broken, llama)
+    files = render_artifacts(broken)
     data = strict_json(files[RESULTS])
     assert data["settings"][-1]["perplexity_ratio"] is None
     assert data["diagnostics"][-1] == {"note": None}
@@ -131,6 +149,7 @@ def test_completions_csv_has_one_row_per_sample(grid, grid_files):
     rows = list(csv.reader(io.StringIO(grid_files[COMPLETIONS].decode())))
     header, body = rows[0], rows[1:]
     assert header == [
+        "stage",
         "setting",
         "layer",
         "coeff",
@@ -142,10 +161,10 @@ def test_completions_csv_has_one_row_per_sample(grid, grid_files):
         "sentiment",
         "profanity",
     ]
-    assert len(body) == len(grid.samples) == (len(grid.settings) + 1) * len(PROMPTS) * 2
+    assert len(body) == len(grid.samples) == (len(grid.settings) + 1 + 3) * len(PROMPTS) * 2
     for row, sample in zip(body, grid.samples):
         record = dict(zip(header, row))
-        assert record["setting"] == sample.setting.label
+        assert (record["stage"], record["setting"]) == (sample.stage, sample.setting.label)
         assert record["prompt"] == sample.completion.prompt
         assert record["completion"] == sample.completion.text  # csv quoting keeps newlines and commas
         assert int(record["seed"]) == sample.completion.seed
@@ -154,7 +173,7 @@ def test_completions_csv_has_one_row_per_sample(grid, grid_files):
             assert float(record["perplexity"]) == pytest.approx(sample.scores["perplexity"], rel=1e-5)
         else:
             assert record["perplexity"] == ""
-    baseline = [dict(zip(header, r)) for r in body if r[0] == "baseline"]
+    baseline = [dict(zip(header, r)) for r in body if r[1] == "baseline"]
     assert {(r["layer"], r["coeff"]) for r in baseline} == {("", "")}
 
 
@@ -172,9 +191,9 @@ def test_a_grid_gets_a_heatmap_metric_plots_and_objective_vs_fluency(grid_files)
         check_png(name, grid_files[name])
 
 
-def test_only_bayes_gets_the_trial_history(bayes, llama, grid_files):
+def test_only_bayes_gets_the_trial_history(bayes, grid_files):
     assert "trials.png" not in grid_files
-    files = render_artifacts(bayes, llama)
+    files = render_artifacts(bayes)
     assert "trials.png" in files and "heatmap.png" not in files
     assert pngs(files) == {
         "trials.png",
@@ -202,8 +221,8 @@ def test_a_single_setting_gets_no_heatmap(llama):
     assert pngs(files) == {"sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"}
 
 
-def test_rendering_is_deterministic(grid, llama, grid_files):
-    again = render_artifacts(grid, llama)
+def test_rendering_is_deterministic(grid, grid_files):
+    again = render_artifacts(grid)
     assert again.keys() == grid_files.keys()
     # safetensors files are left out: their header's key order may change from one save to the next
     assert {n: b for n, b in again.items() if not n.endswith(".safetensors")} == {
@@ -217,6 +236,7 @@ def test_vectors_are_saved_with_provenance(grid, grid_files, llama, tmp_path):
     assert {n for n in grid_files if n.endswith(".safetensors")} == {
         f"vector-L{layer}.safetensors",
         "vector-extra1-L1.safetensors",
+        "control.safetensors",
     }
     for name, (add, sub, at) in {
         f"vector-L{layer}.safetensors": ("Love", "Hate", layer),
@@ -232,10 +252,63 @@ def test_vectors_are_saved_with_provenance(grid, grid_files, llama, tmp_path):
         assert (saved.add_ids, saved.sub_ids) == (expected.add_ids, expected.sub_ids)
 
 
-def test_no_lm_or_no_best_means_no_vectors(grid, llama):
-    assert not [n for n in render_artifacts(grid) if n.endswith(".safetensors")]
-    nothing = copy.deepcopy(grid)
-    nothing.best = None
-    files = render_artifacts(nothing, llama)
+def test_the_control_vector_keeps_the_norms_and_records_its_seed(grid, grid_files, llama, tmp_path):
+    (tmp_path / "control.safetensors").write_bytes(grid_files["control.safetensors"])
+    control = SteeringVector.load(tmp_path / "control.safetensors")
+    vector = llama.steering_vector(ActAdd("Love", "Hate", grid.best.setting.layer))
+    assert control.layer == vector.layer and control.prompt_add == "random direction"
+    assert torch.allclose(control.vector.norm(dim=-1), vector.vector.norm(dim=-1), rtol=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(control.vector, vector.vector, dim=-1)
+    assert cosine.abs().max() < 0.9  # another direction
+    assert int(control.provenance["control_seed"]) == grid.confirmation.control_seed
+
+
+def test_no_best_setting_means_no_vectors(llama):
+    nothing = run_experiment(spec_of(layer=0, coeff=[1, 8], max_perplexity_ratio=1.0), llama)
+    assert nothing.best is None
+    files = render_artifacts(nothing)
     assert not [n for n in files if n.endswith(".safetensors")]
-    assert strict_json(files[RESULTS])["best"] is None
+    assert strict_json(files[RESULTS])["best"] is None and strict_json(files[RESULTS])["confirmation"] is None
+
+
+# ------------------------------------------------------------------ settings.csv (tidy)
+def test_settings_csv_is_one_row_per_stage_setting_and_score(grid, grid_files):
+    rows = list(csv.DictReader(io.StringIO(grid_files[SETTINGS].decode())))
+    scores = {"perplexity", "sentiment", "profanity", "kl"}
+    assert len(rows) == (1 + len(grid.settings) + 3) * len(scores)
+    assert {r["effect"] for r in rows} == {grid.effect}
+    search = [r for r in rows if r["stage"] == "search" and r["score"] == "sentiment"]
+    assert [r["setting"] for r in search] == ["baseline"] + [s.setting.label for s in grid.settings]
+    for row, setting in zip(search[1:], grid.settings):
+        assert float(row["mean"]) == pytest.approx(setting.metrics["sentiment"].mean, abs=1e-5)
+        assert row["is_objective"] == "True"
+        assert (row["p_holm"] == "") == (setting.p_holm is None)
+    best = [r for r in rows if r["is_best"] == "True"]
+    assert {r["stage"] for r in best} == {"search", "confirmation"} and {r["setting"] for r in best} == {
+        grid.best.setting.label
+    }
+    control = [r for r in rows if r["control"] == "True"]
+    assert {r["stage"] for r in control} == {"confirmation"} and len(control) == len(scores)
+
+
+def test_settings_csv_loads_into_pandas_as_the_readme_shows(grid_files, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    (tmp_path / "settings.csv").write_bytes(grid_files[SETTINGS])
+    table = pandas.read_csv(tmp_path / "settings.csv")
+    objective = table[(table.stage == "search") & table.is_objective]
+    assert len(objective) == 7 and objective["mean"].dtype.kind == "f"
+
+
+# ------------------------------------------------------------------ the Optuna study
+def test_a_bayes_run_ships_its_optuna_study_which_optuna_loads_back(bayes, tmp_path):
+    import optuna
+
+    files = render_artifacts(bayes)
+    assert STUDY not in render_artifacts(run_experiment(spec_of(layer=2, coeff=1, metrics=["sentiment"]), tiny_lm()))
+    (tmp_path / STUDY).write_bytes(files[STUDY])
+    study = optuna.load_study(study_name="actadd-notes", storage=f"sqlite:///{tmp_path / STUDY}")
+    trials = study.get_trials()
+    assert len(trials) == len(bayes.trials) == 8
+    assert [(t.params["layer"], t.value) for t in trials] == [(t["layer"], t["value"]) for t in bayes.trials]
+    assert [t.user_attrs["perplexity_ratio"] for t in trials] == [t["perplexity_ratio"] for t in bayes.trials]
+    assert study.user_attrs["objective"] == {"metric": "profanity", "score": "profanity"}

@@ -160,10 +160,12 @@ def test_lit_with_an_unknown_citekey_exits_1_naming_it(example_vault):
     assert list(json.loads(as_json.stdout)["failed"]) == ["noSuchPaper2099"]
 
 
-def test_lit_refresh_keeps_the_users_notes(example_vault):
+def test_lit_refresh_keeps_the_users_notes_and_never_drops_a_line_unless_forced(example_vault):
     note = example_vault / "Literature" / f"@{TURNER}.md"
-    mine = Note.read(note).region("notes")
-    result = invoke("lit", TURNER, "--refresh", "--vault", example_vault)
+    mine, before = Note.read(note).region("notes"), note.read_bytes()
+    refused = invoke("lit", TURNER, "--refresh", "--vault", example_vault)  # the export has no annotations
+    assert refused.exit_code == 1 and "--force" in refused.stderr and note.read_bytes() == before
+    result = invoke("lit", TURNER, "--refresh", "--force", "--vault", example_vault)
     assert result.exit_code == 0
     assert Note.read(note).region("notes") == mine
 

@@ -36,12 +36,12 @@ def test_defaults_without_a_file(vault):
     assert VaultConfig(vault).zotero_sources is not VaultConfig(vault).zotero_sources
 
 
-def test_file_values_and_overrides(vault):
+def test_file_values_and_defaults(vault):
     settings(vault, "results_folder: Runs\njournal_heading: Log\nzotero_sources: [bbt, local]\n")
-    config = VaultConfig.load(vault, journal_heading="CLI log", experiments_folder=None)
+    config = VaultConfig.load(vault)
     assert config.results_folder == "Runs"
-    assert config.journal_heading == "CLI log"
-    assert config.experiments_folder == "Experiments"  # an unset CLI flag (None) changes nothing
+    assert config.journal_heading == "Log"
+    assert config.experiments_folder == "Experiments"
     assert config.zotero_sources == ["bbt", "local"]
 
 
@@ -65,11 +65,6 @@ def test_root_is_not_a_setting(vault):
     settings(vault, "root: /elsewhere\n")
     with pytest.raises(VaultError, match="unknown setting 'root'"):
         VaultConfig.load(vault)
-
-
-def test_unknown_override_is_a_programming_error(vault):
-    with pytest.raises(TypeError, match="result_folder"):
-        VaultConfig.load(vault, result_folder="x")
 
 
 def test_invalid_yaml_names_the_line(vault):
@@ -100,11 +95,6 @@ def test_bad_values_name_file_and_key(vault, text, message):
     file = settings(vault, text)
     with pytest.raises(VaultError, match=re.escape(f"{file}: ") + message):
         VaultConfig.load(vault)
-
-
-def test_bad_override_is_blamed_on_the_command_line(vault):
-    with pytest.raises(VaultError, match=r"^results_folder \(from the command line\): .*outside the vault"):
-        VaultConfig.load(vault, results_folder="../out")
 
 
 def test_custom_config_folder_is_protected(vault):
@@ -166,6 +156,7 @@ def test_example_experiment_note():
         "coeff": [1, 2, 4, 8],
         "prompts": ["I hate you because"],
         "samples": 20,
+        "confirm_samples": 60,
         "max_new_tokens": 30,
         "seed": 0,
         "temperature": 1.0,

@@ -30,7 +30,7 @@ from vaults import (
 )
 
 from actadd_notes.errors import ModelError, SpecError, VaultError
-from actadd_notes.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelPool
+from actadd_notes.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRunner, ModelSlot
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.notes import Note, update_note
 
@@ -42,7 +42,7 @@ JOURNAL = "Journal/2025-03-04.md"
 
 @pytest.fixture
 def runner(example_vault) -> JobRunner:
-    return JobRunner(VaultConfig.load(example_vault), models=ModelPool(device="cpu"), clock=lambda: NOW)
+    return JobRunner(VaultConfig.load(example_vault), models=ModelSlot(device="cpu"), clock=lambda: NOW)
 
 
 def test_a_run_goes_running_then_done_and_writes_its_properties(runner, example_vault, tiny_model_dir):
@@ -89,16 +89,25 @@ def test_the_result_note_has_flat_properties_for_dataview(runner, example_vault,
     assert p["model"] == str(tiny_model_dir)
     assert p["status"] == DONE and p["run_id"] == run_id
     assert (p["best_layer"], p["best_coeff"]) == (props(spec)["best_layer"], props(spec)["best_coeff"])
-    assert p["effect"] in ("detected", "none", "unknown")
+    assert p["effect"] in ("detected", "not specific", "not detected")
+    assert p["method"] == "actadd" and p["settings_tested"] == len(QUICK["layer"]) * len(QUICK["coeff"])
+    # typed for Bases: numbers are numbers, the date a datetime
     for key in (
-        "best_value",
         "baseline_value",
-        "difference",
-        "difference_ci_low",
-        "difference_ci_high",
+        "search_value",
+        "search_difference",
+        "confirmed_difference",
+        "confirmed_ci_low",
+        "confirmed_ci_high",
+        "control_difference",
+        "control_ci_low",
+        "control_ci_high",
         "perplexity_ratio",
     ):
-        assert isinstance(p[key], float), key
+        assert isinstance(p[key], (int, float)) and not isinstance(p[key], bool), key
+    assert p["date"] == NOW
+    assert p["heatmap"] == f"[[Results/artifacts/love {run_id}/heatmap.png]]"
+    assert (example_vault / p["heatmap"][2:-2]).is_file()
     assert list(p["layers"]) == QUICK["layer"] and list(p["coeffs"]) == [float(c) for c in QUICK["coeff"]]
     assert p["samples"] == QUICK["samples"]
     assert list(p["literature"]) == [f"[[@{TURNER}]]"]
@@ -247,7 +256,8 @@ def test_a_fixed_spec_runs_and_clears_the_error(runner, example_vault, tiny_mode
     assert runner.run(spec).status == FAILED
     update_note(spec, lambda n: (n.set("samples", 2), n.set("status", QUEUED)), vault=example_vault)
 
-    assert runner.run(spec).status == DONE
+    outcome = runner.run(spec)
+    assert outcome.status == DONE, outcome.error
     assert "error" not in props(spec)
     assert Note.read(spec).region("actadd-error") == ""
 
@@ -256,7 +266,7 @@ def test_one_sample_gives_no_ci_and_still_finishes(runner, example_vault, tiny_m
     spec = write_spec(example_vault, "one", tiny_model_dir, samples=1, max_perplexity_ratio=1000)
     outcome = runner.run(spec)
     assert outcome.status == DONE, outcome.error
-    assert "n/a" in outcome.summary
+    assert outcome.summary.startswith("not detected") and "(no CI)" in outcome.summary
 
 
 def test_a_note_that_is_no_spec_is_refused_untouched(runner, example_vault):
@@ -280,7 +290,7 @@ def test_an_unexpected_error_fails_the_note_instead_of_leaving_it_running(exampl
     def broken_loader(name, **options):
         raise RuntimeError("CUDA out of memory")
 
-    runner = JobRunner(VaultConfig.load(example_vault), models=ModelPool(broken_loader), clock=lambda: NOW)
+    runner = JobRunner(VaultConfig.load(example_vault), models=ModelSlot(broken_loader), clock=lambda: NOW)
     spec = write_spec(example_vault, "love", tiny_model_dir)
     outcome = runner.run(spec)
     assert outcome.status == FAILED
@@ -304,7 +314,7 @@ def test_the_model_pool_reloads_after_a_failed_load():
             raise ModelError("no such model")
         return f"lm:{name}"
 
-    pool = ModelPool(loader, device="cpu")
+    pool = ModelSlot(loader, device="cpu")
     assert pool.get("a") == "lm:a"
     assert pool.get("a") == "lm:a"  # kept
     with pytest.raises(ModelError):
@@ -314,7 +324,7 @@ def test_the_model_pool_reloads_after_a_failed_load():
 
 
 def test_spec_notes_lists_specs_with_status_outside_results(example_vault, tiny_model_dir):
-    from actadd_notes.jobs import spec_notes
+    from actadd_notes.vault.scan import spec_notes
 
     write_spec(example_vault, "draft", tiny_model_dir, status="draft")
     queued = write_spec(example_vault, "queued", tiny_model_dir)

@@ -7,6 +7,9 @@ import torch
 
 from actadd_notes.errors import SpecError
 from actadd_notes.experiments.metrics import (
+    METRICS,
+    REGISTRY,
+    Objective,
     ProfanityMetric,
     RelevanceMetric,
     SentimentMetric,
@@ -87,7 +90,40 @@ def test_topic_rate_counts_words_and_plurals():
 def test_build_text_metrics_skips_model_metrics_and_keeps_order():
     metrics = build_text_metrics(["fluency", "topic_rate", "sentiment", "kl", "profanity"], topic_words=["bride"])
     assert [m.name for m in metrics] == ["topic_rate", "sentiment", "profanity"]
-    assert [m.higher_is_better for m in metrics] == [True, None, False]
+    assert [REGISTRY[m.name].higher_is_better for m in metrics] == [True, None, False]
+
+
+def test_the_registry_knows_every_metric_its_direction_and_needs():
+    assert set(REGISTRY) == set(METRICS)
+    assert REGISTRY["fluency"].score_name == "perplexity" and REGISTRY["fluency"].inverted
+    assert {name for name, info in REGISTRY.items() if info.model_computed} == {"fluency", "kl"}
+    assert {name: info.needs for name, info in REGISTRY.items() if info.needs} == {
+        "toxicity": "classifier",
+        "relevance": "topic",
+        "topic_rate": "topic_words",
+    }
+    assert [REGISTRY[m].default_direction for m in ("sentiment", "profanity", "toxicity", "fluency")] == [
+        "maximize",
+        "minimize",
+        "minimize",
+        "maximize",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction", "sign"),
+    [
+        ("sentiment", "maximize", 1),
+        ("profanity", "minimize", -1),
+        ("fluency", "maximize", -1),
+        ("fluency", "minimize", 1),
+    ],
+)
+def test_an_objective_reads_its_score_column_the_right_way_round(metric, direction, sign):
+    objective = Objective(metric, direction)
+    assert objective.sign == sign
+    assert objective.column == ("perplexity" if metric == "fluency" else metric)
+    assert max([1.0, 3.0, 2.0], key=objective.better) == (3.0 if sign > 0 else 1.0)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +145,7 @@ def test_build_text_metrics_refuses_missing_settings(names, kwargs, key):
 
 def test_toxicity_without_classifier_suggests_the_alternatives():
     with pytest.raises(SpecError) as caught:
-        ToxicityMetric(None)
+        build_text_metrics(["toxicity"])
     assert caught.value.key == "metrics"
     assert "classifier:" in str(caught.value) and "profanity" in str(caught.value)
 

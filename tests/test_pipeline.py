@@ -1,6 +1,6 @@
-"""The experiment runner on tiny random models (tests/tiny.py) with the real VADER metric.
+"""The experiment pipeline on tiny random models (tests/tiny.py) with the real VADER metric.
 
-What is checked is the science the runner promises, not the numbers a random model produces:
+What is checked is the science the pipeline promises, not the numbers a random model produces:
 a sampling-matched baseline (same prompts, seeds and sampling; coeff 0 reproduces it token for
 token), a CI and a difference to the baseline for every metric, the fluency guard, progress and
 cancellation between batches, reproducibility, and findings that admit an absent effect.
@@ -22,7 +22,9 @@ from tiny import (
 )
 
 from actadd_notes.errors import Cancelled, SpecError
-from actadd_notes.experiments.runner import PERPLEXITY, Setting, SettingResult, pick_best, run_experiment
+from actadd_notes.experiments.metrics import PERPLEXITY, Objective
+from actadd_notes.experiments.pipeline import run_experiment
+from actadd_notes.experiments.results import SEARCH, Setting, SettingResult, pick_best
 from actadd_notes.experiments.spec import estimate_work, parse_spec
 from actadd_notes.experiments.stats import Difference, Summary
 from actadd_notes.steering import ActAdd
@@ -52,8 +54,8 @@ def spec_of(**overrides):
     return spec
 
 
-def rows_of(result, setting: Setting) -> list:
-    return [s for s in result.samples if s.setting == setting]
+def rows_of(result, setting: Setting, stage: str = SEARCH) -> list:
+    return [s for s in result.samples if s.setting == setting and s.stage == stage]
 
 
 def without_wall_time(data: dict) -> dict:
@@ -96,7 +98,8 @@ def test_a_grid_gives_a_baseline_and_one_result_per_setting_with_cis(family, lla
         assert setting.perplexity_ratio == pytest.approx(
             setting.metrics[PERPLEXITY].mean / result.baseline.metrics[PERPLEXITY].mean
         )
-    assert len(result.samples) == (len(result.settings) + 1) * n
+    assert len([s for s in result.samples if s.stage == SEARCH]) == (len(result.settings) + 1) * n
+    assert len(result.samples) == (len(result.settings) + 1 + 3) * n  # and the confirmation's three settings
     assert hook_count(lm.model) == 0
 
 
@@ -155,7 +158,7 @@ def test_the_fluency_guard_rejects_settings_above_the_perplexity_ratio(grid):
     for setting in grid.settings:
         assert setting.rejected == (setting.perplexity_ratio > limit), setting.setting.label
     assert grid.best is not None and not grid.best.rejected
-    assert grid.best is pick_best(grid.settings, "sentiment", "maximize")
+    assert grid.best is pick_best(grid.settings, Objective("sentiment", "maximize"))
 
 
 @pytest.mark.parametrize("limit", [1.0, 2.0, 1000.0])
@@ -180,25 +183,33 @@ def test_pick_best_never_returns_a_rejected_setting(direction):
         _setting(1, -8.0, -0.99, 9.0),
         _setting(2, 2.0, -0.1, 1.4),
     ]
-    best = pick_best(settings, "sentiment", direction)
+    best = pick_best(settings, Objective("sentiment", direction))
     assert best is settings[0 if direction == "maximize" else 3]
-    assert pick_best([s for s in settings if s.rejected], "sentiment", direction) is None
+    assert pick_best([s for s in settings if s.rejected], Objective("sentiment", direction)) is None
 
 
 def test_when_every_setting_is_rejected_there_is_no_best_and_the_findings_say_so(llama):
     result = run_experiment(spec_of(layer=0, coeff=[1, 8], max_perplexity_ratio=1.0), llama)
     assert all(s.rejected for s in result.settings)
     assert result.best is None
-    assert "No setting passed the fluency guard: no best setting." in result.findings
+    assert result.findings[0] == "No setting passed the fluency guard: there is no best setting and no effect."
+    assert result.effect == "none" and result.confirmation is None
 
 
-def test_fluency_as_the_objective_means_perplexity(llama):
-    result = run_experiment(
-        spec_of(layer=2, coeff=[0, 1], objective="fluency", direction="minimize", max_perplexity_ratio=10), llama
-    )
-    assert result.objective == PERPLEXITY
-    assert result.best is pick_best(result.settings, PERPLEXITY, "minimize")
-    assert result.best is not None
+def test_fluency_as_the_objective_picks_the_lowest_perplexity(llama):
+    result = run_experiment(spec_of(layer=[0, 2], coeff=[0, 1], objective="fluency", max_perplexity_ratio=10), llama)
+    assert result.spec.direction == "maximize"  # the metric's own direction: most fluent
+    assert result.objective.column == PERPLEXITY
+    lowest = min(result.settings, key=lambda s: s.metrics[PERPLEXITY].mean)
+    assert result.best is lowest
+    assert max(result.settings, key=lambda s: s.metrics[PERPLEXITY].mean) is not lowest
+
+
+def test_fluency_alone_is_a_valid_spec_whose_objective_is_fluency(llama):
+    result = run_experiment(spec_of(metrics=["fluency"], layer=2, coeff=[0, 1], max_perplexity_ratio=10), llama)
+    assert result.spec.objective == "fluency" and result.objective.column == PERPLEXITY
+    assert result.best is min(result.settings, key=lambda s: s.metrics[PERPLEXITY].mean)
+    assert result.effect in ("detected", "not specific", "not detected")
 
 
 # ------------------------------------------------------------------ progress and cancellation
@@ -213,6 +224,10 @@ def test_progress_counts_up_to_the_total(llama):
     assert {t for _, t, _ in calls} == {total}
     assert calls[-1][:2] == (total, total)
     assert {stage for *_, stage in calls} == {"generating", "scoring"}
+    # the search's rows first, then the confirmation's three settings
+    search = (len(LAYERS) * len(COEFFS) + 1) * len(PROMPTS) * SAMPLES
+    assert total == search + 3 * len(PROMPTS) * SAMPLES
+    assert (search, total, "scoring") in calls
 
 
 def test_cancelling_stops_between_batches(llama):
@@ -252,8 +267,8 @@ def test_no_detectable_effect_is_said_plainly(llama):
         diff = setting.differences["sentiment"]
         assert diff.ci_low <= 0 <= diff.ci_high
     assert result.best is not None
-    assert any(line.startswith("No detectable effect") for line in result.findings), result.findings
-    assert not any("excludes 0" in line for line in result.findings)
+    assert result.effect == "not detected"
+    assert result.findings[0].startswith("No effect detected"), result.findings
 
 
 def test_findings_list_the_rejected_settings(grid):
@@ -264,7 +279,7 @@ def test_findings_list_the_rejected_settings(grid):
         assert label in line
     for label in (s.setting.label for s in grid.settings if not s.rejected):
         assert f" {label}," not in line and f" {label};" not in line
-    assert any(line.startswith("Best: ") for line in grid.findings)
+    assert any(line.startswith("Search (grid, 6 setting(s) tested") for line in grid.findings)
 
 
 # ------------------------------------------------------------------ bad layers, diagnostics, record
@@ -292,8 +307,9 @@ def test_a_run_too_large_is_refused_before_generating(llama):
 
 
 def test_vector_diagnostics_give_per_position_norms_for_every_layer(grid, llama):
-    assert [row["layer"] for row in grid.diagnostics] == LAYERS
-    for row in grid.diagnostics:
+    steering = [row for row in grid.diagnostics if row["kind"] == "steering"]
+    assert [row["layer"] for row in steering] == LAYERS
+    for row in steering:
         vector = llama.steering_vector(ActAdd("Love", "Hate", row["layer"]))
         assert len(row["vector_norms"]) == vector.positions == len(row["tokens_add"]) == len(row["tokens_sub"])
         assert row["vector_norms"] == [round(float(x), 2) for x in vector.vector.norm(dim=-1)]

@@ -11,7 +11,9 @@ from tiny import (
     tiny_threads,
 )
 
-from actadd_notes.experiments.runner import PERPLEXITY, Setting, SettingResult, run_experiment
+from actadd_notes.experiments.metrics import PERPLEXITY, Objective
+from actadd_notes.experiments.pipeline import run_experiment
+from actadd_notes.experiments.results import SEARCH, Setting, SettingResult
 from actadd_notes.experiments.search import ROUND_SIZE, _trials_to_best, run_bayes
 from actadd_notes.experiments.spec import estimate_work, parse_spec
 from actadd_notes.experiments.stats import Summary
@@ -28,6 +30,7 @@ def bayes_spec(**overrides):
         "samples": 3,
         "max_new_tokens": 4,
         "metrics": ["profanity"],  # continuous scores even on a random model's gibberish (VADER gives 0)
+        "direction": "maximize",
         "search": "bayes",
         "layer": [0, 2],
         "coeff": COEFF,
@@ -74,10 +77,10 @@ def test_bayes_runs_the_number_of_trials_asked_with_one_baseline(bayes):
     assert len(bayes.trials) == len(bayes.settings) == TRIALS
     assert [t["number"] for t in bayes.trials] == list(range(TRIALS))
     assert bayes.baseline.setting == Setting()
-    assert sum(1 for s in bayes.samples if s.setting == Setting()) == 3  # one baseline, not one per round
+    assert sum(1 for s in bayes.samples if s.setting == Setting() and s.stage == SEARCH) == 3  # one, not one per round
     for trial, setting in zip(bayes.trials, bayes.settings):
         assert (trial["layer"], trial["coeff"]) == (setting.setting.layer, setting.setting.coeff)
-        assert trial["value"] == setting.objective("profanity")
+        assert trial["value"] == setting.mean("profanity")
         assert trial["perplexity_ratio"] == setting.perplexity_ratio
         assert trial["feasible"] is (not setting.rejected)
 
@@ -123,7 +126,7 @@ def test_rejected_trials_are_infeasible_and_never_best(bayes):
     assert all(t["perplexity_ratio"] <= limit for t in bayes.trials if t["feasible"])
     assert bayes.best is not None and not bayes.best.rejected
     # with this seed a rejected trial scores higher than every feasible one: the guard decides
-    assert max(t["value"] for t in infeasible) > bayes.best.objective("profanity")
+    assert max(t["value"] for t in infeasible) > bayes.best.mean("profanity")
 
 
 def test_trials_to_best_points_at_the_first_best_feasible_trial(bayes):
@@ -131,7 +134,7 @@ def test_trials_to_best_points_at_the_first_best_feasible_trial(bayes):
     assert n is not None
     chosen = bayes.trials[n - 1]
     assert chosen["feasible"]
-    assert chosen["value"] == bayes.best.objective("profanity")
+    assert chosen["value"] == bayes.best.mean("profanity")
     assert all(t["value"] <= chosen["value"] for t in bayes.trials if t["feasible"])
     assert all(t["value"] < chosen["value"] for t in bayes.trials[: n - 1] if t["feasible"])
 
@@ -152,7 +155,7 @@ def _t(value, feasible=True):
     ],
 )
 def test_trials_to_best_ignores_infeasible_trials(log, direction, expected):
-    assert _trials_to_best(log, direction) == expected
+    assert _trials_to_best(log, Objective("sentiment", direction)) == expected
 
 
 # ------------------------------------------------------------------ a fake evaluator
@@ -180,7 +183,7 @@ class FakeEvaluator:
 def landscape(limit: float, trials: int = 22):
     spec = bayes_spec(layer=[0, 3], coeff=[-10, 10], trials=trials, max_perplexity_ratio=limit)
     evaluator = FakeEvaluator(spec)
-    return evaluator, *run_bayes(spec, evaluator, "sentiment")
+    return evaluator, *run_bayes(spec, evaluator, Objective("sentiment", "maximize"))[:3]
 
 
 def test_the_constraint_keeps_the_best_feasible_on_a_known_landscape():
@@ -205,7 +208,7 @@ def test_tpe_is_told_the_constraint():
 
 def test_a_trial_without_an_objective_value_is_logged_not_fatal():
     spec = bayes_spec(layer=[0, 3], coeff=[-10, 10], trials=8, max_perplexity_ratio=100)
-    results, log, to_best = run_bayes(spec, FakeEvaluator(spec, missing=0), "sentiment")
+    results, log, to_best, _ = run_bayes(spec, FakeEvaluator(spec, missing=0), Objective("sentiment", "maximize"))
     assert len(log) == 8
     missing = [t for t in log if t["value"] is None]
     assert missing and all(t["coeff"] > 0 for t in missing)

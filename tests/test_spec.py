@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from actadd_notes.errors import SpecError
 from actadd_notes.experiments.spec import (
     TOOL_KEYS,
-    Addition,
+    ExtraAddition,
     ExperimentSpec,
     WorkEstimate,
     check_layers,
@@ -226,9 +226,12 @@ def test_unknown_keys_are_kept_and_warned_tool_keys_ignored():
     ]
 
 
-def test_same_add_and_sub_is_warned():
-    _, warnings = parse(prompt_sub="Love")
-    assert warnings == ["prompt_sub: same as prompt_add, so the steering vector is zero"]
+def test_same_add_and_sub_is_refused_the_vector_would_be_zero():
+    error = refusal(prompt_sub="Love")
+    assert (error.key, str(error)) == (
+        "prompt_sub",
+        "prompt_sub: 'Love' is the same as prompt_add — the steering vector would be zero",
+    )
 
 
 BODY = """\
@@ -300,7 +303,6 @@ def test_bayes_ranges_from_lists_mappings_and_single_values():
         ),
         ({"coeff_scale": "exp"}, "coeff_scale", "coeff_scale: 'exp' — expected linear or log"),
         ({"trials": 0}, "trials", "trials: 0 is not a whole number ≥ 1"),
-        ({"metrics": ["fluency"]}, "objective", "objective: nothing to optimize — add a metric besides fluency"),
     ],
 )
 def test_bayes_refusals(changes, key, message):
@@ -324,17 +326,23 @@ def test_extra_additions():
             {"add": "Calm", "sub": "Anger", "layer": 2, "coeff": -1.5},
         ]
     )
-    assert spec.extra_additions == (Addition("Wedding", "", 6, 4.0), Addition("Calm", "Anger", 2, -1.5))
+    assert spec.extra_additions == (ExtraAddition("Wedding", "", 6, 4.0), ExtraAddition("Calm", "Anger", 2, -1.5))
 
 
 def test_metrics_get_fluency_and_a_default_objective():
     spec, _ = parse(metrics=["profanity", "sentiment"])
     assert spec.metrics == ("profanity", "sentiment", "fluency")
-    assert spec.objective == "profanity"
+    assert (spec.objective, spec.direction) == ("profanity", "minimize")  # the metric's own direction
     default, _ = parse(metrics=None)
-    assert (default.metrics, default.objective) == (("sentiment", "fluency"), "sentiment")
+    assert (default.metrics, default.objective, default.direction) == (
+        ("sentiment", "fluency"),
+        "sentiment",
+        "maximize",
+    )
     only_fluency, _ = parse(metrics=["fluency"])
-    assert only_fluency.objective is None
+    assert (only_fluency.objective, only_fluency.direction) == ("fluency", "maximize")  # most fluent
+    bayes, _ = parse(metrics=["fluency"], search="bayes", layer=[0, 10], coeff=[1, 8])
+    assert bayes.objective == "fluency"
     chosen, _ = parse(metrics=["sentiment", "kl"], objective="kl", direction="minimize")
     assert (chosen.objective, chosen.direction) == ("kl", "minimize")
 
@@ -464,22 +472,26 @@ def test_check_layers_covers_ranges_and_extra_additions():
         check_layers(extra, 3, "tiny")
 
 
-def test_estimate_work_counts_the_baseline():
+def test_estimate_work_counts_the_baseline_and_the_confirmation():
     grid, _ = parse()
-    assert estimate_work(grid) == WorkEstimate(settings=21, generations=21 * 2 * 20, new_tokens=21 * 2 * 20 * 30)
-    bayes, _ = parse(search="bayes", layer=[0, 10], coeff=[1, 8], trials=30)
-    assert estimate_work(bayes) == WorkEstimate(settings=31, generations=31 * 2 * 20, new_tokens=31 * 2 * 20 * 30)
+    rows = 21 * 2 * 20 + 3 * 2 * 20  # the search with its baseline; best, baseline and control again
+    assert estimate_work(grid) == WorkEstimate(settings=24, generations=rows, new_tokens=rows * 30)
+    bayes, _ = parse(search="bayes", layer=[0, 10], coeff=[1, 8], trials=30, confirm_samples=5)
+    rows = 31 * 2 * 20 + 3 * 2 * 5
+    assert estimate_work(bayes) == WorkEstimate(settings=34, generations=rows, new_tokens=rows * 30)
+    unconfirmed, _ = parse(confirm=False)
+    assert estimate_work(unconfirmed) == WorkEstimate(settings=21, generations=840, new_tokens=840 * 30)
 
 
 def test_check_work_refuses_runs_over_max_generations():
-    fits, _ = parse(max_generations=840)
+    fits, _ = parse(max_generations=960)
     check_work(fits, estimate_work(fits))
     spec, _ = parse(max_generations=800)
     with pytest.raises(SpecError) as caught:
         check_work(spec, estimate_work(spec), note="Experiments/love.md")
     assert caught.value.key == "max_generations"
     assert str(caught.value) == (
-        "Experiments/love.md: max_generations: 840 generations (21 settings with the baseline × 2 prompts × "
-        "20 samples) exceed max_generations 800 — raise max_generations or shrink the grid (fewer layers or "
+        "Experiments/love.md: max_generations: 960 generations (24 settings with the baseline and the "
+        "confirmation × 2 prompts × samples) exceed max_generations 800 — raise max_generations or shrink the grid (fewer layers or "
         "coeffs, prompts or samples)"
     )

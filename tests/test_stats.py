@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from actadd_notes.experiments.stats import Difference, Summary, bootstrap_difference, difference, summarize
+from actadd_notes.experiments.stats import Difference, Summary, difference, holm, prompt_difference, summarize
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_records_are_strict_json(rng):
         summarize(rng.normal(size=5)),
         difference([1.0], [2.0, 3.0]),
         difference(rng.normal(size=5), rng.normal(size=6)),
-        bootstrap_difference(rng.normal(size=5), rng.normal(size=6), resamples=100),
+        prompt_difference(rng.normal(size=6), rng.normal(size=6), [0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]),
     ]
     json.dumps([asdict(record) for record in records], allow_nan=False)
 
@@ -87,20 +87,76 @@ def test_difference_edge_cases():
     assert difference([2.0, 2.0], [1.0, 1.0]) == Difference(1.0, 1.0, 1.0, 2, 2, None, None, "welch", 0, 0.95)
 
 
-def test_bootstrap_is_reproducible_and_agrees_with_welch_on_normal_data(rng):
-    steered, baseline = rng.normal(1.0, 1.0, size=200), rng.normal(0.0, 1.5, size=150)
-    boot = bootstrap_difference(steered, baseline, resamples=4_500, seed=7)
-    assert boot == bootstrap_difference(steered, baseline, resamples=4_500, seed=7)
-    assert boot != bootstrap_difference(steered, baseline, resamples=4_500, seed=8)
-    welch = difference(steered, baseline)
-    assert boot.estimate == pytest.approx(welch.estimate)
-    assert boot.ci_low < boot.estimate < boot.ci_high
-    width, welch_width = boot.ci_high - boot.ci_low, welch.ci_high - welch.ci_low
-    assert width == pytest.approx(welch_width, rel=0.1)
-    assert (boot.method, boot.df, boot.p_value) == ("bootstrap", None, None)
+def _holm_by_definition(p_values):
+    """Holm's procedure as its textbook states it: reject H(1)…H(k) for the largest k with
+    p(j) ≤ α / (m − j + 1) for every j ≤ k; the adjusted p-value is the smallest α that rejects."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    for rank, index in enumerate(order):
+        adjusted[index] = min(1.0, max((m - j) * p_values[order[j]] for j in range(rank + 1)))
+    return adjusted
 
 
-def test_bootstrap_needs_two_values_and_a_resample():
-    assert bootstrap_difference([1.0], [1.0, 2.0]).ci_low is None
-    with pytest.raises(ValueError, match="resamples must be ≥ 1"):
-        bootstrap_difference([1.0, 2.0], [1.0, 2.0], resamples=0)
+def test_holm_matches_its_definition_and_keeps_none_out_of_the_family(rng):
+    p_values = list(rng.uniform(0, 0.2, size=12)) + [0.0004, 0.9]
+    assert holm(p_values) == pytest.approx(_holm_by_definition(p_values))
+    with_gaps = [0.01, None, 0.04, None, 0.03]
+    assert holm(with_gaps) == pytest.approx([0.03, None, 0.06, None, 0.06])
+    assert holm([]) == []
+
+
+def test_holm_controls_the_family_wise_error_on_null_tests(rng):
+    """20 true null hypotheses (uniform p-values): at most 5% of families have any Holm p < 0.05."""
+    families = 4_000
+    any_rejected = sum(min(holm(list(rng.uniform(size=20)))) < 0.05 for _ in range(families))
+    assert any_rejected / families <= 0.05 + 4 * math.sqrt(0.05 * 0.95 / families)
+
+
+def test_prompt_difference_is_a_paired_t_over_per_prompt_mean_differences(rng):
+    prompts = [p for p in range(5) for _ in range(8)]
+    level = {p: rng.normal(0, 2) for p in range(5)}  # prompts differ a lot in level
+    steered = [level[p] + 0.5 + rng.normal() for p in prompts]
+    baseline = [level[p] + rng.normal() for p in prompts]
+    result = prompt_difference(steered, baseline, prompts, prompts)
+    per_prompt = [
+        np.mean([v for v, q in zip(steered, prompts) if q == p])
+        - np.mean([v for v, q in zip(baseline, prompts) if q == p])
+        for p in range(5)
+    ]
+    reference = stats.ttest_1samp(per_prompt, 0.0)
+    low, high = stats.t.interval(0.95, 4, loc=np.mean(per_prompt), scale=stats.sem(per_prompt))
+    assert result.method == "prompt-paired" and result.df == 4.0
+    assert result.estimate == pytest.approx(np.mean(per_prompt))
+    assert (result.ci_low, result.ci_high) == (pytest.approx(low), pytest.approx(high))
+    assert result.p_value == pytest.approx(reference.pvalue)
+    assert (result.n, result.n_baseline) == (40, 40)
+
+
+def test_prompt_difference_with_one_prompt_is_welch_over_rows(rng):
+    steered, baseline = list(rng.normal(1, 1, size=10)), list(rng.normal(0, 1, size=12))
+    assert prompt_difference(steered, baseline, [0] * 10, [0] * 12) == difference(steered, baseline)
+
+
+def test_prompt_difference_drops_non_finite_values_and_prompts_missing_a_side():
+    result = prompt_difference([1.0, math.nan, 2.0, 4.0], [0.0, 0.0, 1.0, 9.0], [0, 0, 1, 2], [0, 0, 1, 3])
+    # prompt 0: 1 − 0, prompt 1: 2 − 1; prompts 2 and 3 have one side only
+    assert (result.estimate, result.n, result.n_baseline, result.dropped) == (1.0, 2, 3, 3)
+
+
+def test_prompt_clustered_intervals_hold_their_coverage_when_rows_are_correlated(rng):
+    """Rows of one prompt share a prompt effect: a row-level Welch interval under-covers the
+    population difference, the prompt-paired one holds 95%."""
+    trials, covered_paired, covered_rows = 1_500, 0, 0
+    prompts = [p for p in range(6) for _ in range(10)]
+    for _ in range(trials):
+        effect = {p: rng.normal(0.0, 0.5) for p in range(6)}  # the steering's effect varies by prompt, mean 0
+        steered = [effect[p] + rng.normal(0, 0.3) for p in prompts]
+        baseline = [rng.normal(0, 0.3) for _ in prompts]
+        paired = prompt_difference(steered, baseline, prompts, prompts)
+        rows = difference(steered, baseline)
+        covered_paired += paired.ci_low <= 0 <= paired.ci_high
+        covered_rows += rows.ci_low <= 0 <= rows.ci_high
+    tolerance = 4 * math.sqrt(0.05 * 0.95 / trials)
+    assert covered_paired / trials >= 0.95 - tolerance
+    assert covered_rows / trials < 0.95 - tolerance

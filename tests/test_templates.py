@@ -86,33 +86,48 @@ def test_sweep_comparison_table():
         dict(
             link="Results/love-hate-sweep 2024-01-02.md",
             model="embedded",
+            method="actadd",
             best_layer=6,
             best_coeff=4.0,
             objective="sentiment",
-            objective_value=0.834567,
             baseline_value=0.2,
+            search_value=0.834567,
+            confirmed_difference=0.41,
+            confirmed_ci_low=0.2,
+            confirmed_ci_high=0.62,
+            control_difference=0.35,
+            effect="detected",
             date=date(2024, 1, 2),
         ),
         dict(
             link="[[Results/other|other]]",
             model="a|b",
+            method=None,
             best_layer=None,
             best_coeff=None,
             objective="toxicity",
-            objective_value=None,
             baseline_value=0.1,
+            search_value=None,
+            confirmed_difference=None,
+            confirmed_ci_low=None,
+            confirmed_ci_high=None,
+            control_difference=None,
+            effect="none",
             date="2024-01-03",
         ),
     ]
-    text = TemplateRenderer().render("sweep-comparison.md.j2", runs=runs)
+    text = TemplateRenderer().render("sweep-comparison.md.j2", runs=runs, runs_view="![[Results/Steering runs.base]]")
     rows = [line for line in text.splitlines() if line.startswith("| [[")]
     assert rows == [
-        "| [[Results/love-hate-sweep 2024-01-02]] | embedded | 6 | 4 | sentiment | 0.8346 | 0.2 | +0.6346 "
-        "| 2024-01-02 |",
-        r"| [[Results/other\|other]] | a\|b | — | — | toxicity | — | 0.1 | — | 2024-01-03 |",
+        "| [[Results/love-hate-sweep 2024-01-02]] | embedded | actadd | 6 | 4 | sentiment | 0.2 | 0.8346 "
+        "| +0.410 [+0.200, +0.620] | +0.350 | detected | 2024-01-02 |",
+        r"| [[Results/other\|other]] | a\|b | — | — | — | toxicity | 0.1 | — | — | — | none | 2024-01-03 |",
     ]
-    assert Note.parse(text, Path("c.md")).properties["type"] == "actadd-comparison"
+    note = Note.parse(text, Path("c.md"))
+    assert note.properties["type"] == "actadd-comparison"
+    assert note.body.lstrip().startswith("![[Results/Steering runs.base]]")
     assert text.endswith("|\n")
+    assert "![[" not in TemplateRenderer().render("sweep-comparison.md.j2", runs=runs)  # no view, no embed
 
 
 def test_override_wins_and_others_fall_back(overrides):

@@ -1,9 +1,10 @@
-"""Text metrics: one score per completion, computed offline unless a classifier is named.
+"""The metric registry and the text metrics: one score per completion, offline unless a classifier is named.
 
-Each metric scores the completion alone (the prompt is passed along, aligned, for metrics
-that may need it). `fluency` (perplexity under the unsteered model) and `kl` need the
-language model, so the runner computes those two; `build_text_metrics` skips them.
-Heavy libraries are imported on first use and models are loaded once per process.
+`REGISTRY` is the one place that knows, for each metric, which way is better, which spec key
+it cannot do without, and whether the evaluator computes it from the language model
+(`fluency`, scored as perplexity under the unsteered model, and `kl`); spec validation, the
+evaluator, the artifacts and the templates all read it. Heavy libraries are imported on first
+use and their models are loaded once per process.
 """
 
 from __future__ import annotations
@@ -11,25 +12,92 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actadd_notes.errors import SpecError
-from actadd_notes.experiments.spec import METRICS
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from transformers import TextClassificationPipeline
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-MODEL_METRICS = frozenset({"fluency", "kl"})  # computed by the runner, from the language model
 _CLASSIFIER_BATCH = 32
+PERPLEXITY = "perplexity"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What the rest of the tool needs to know about one metric."""
+
+    name: str
+    higher_is_better: bool | None  # None: steering may aim either way (sentiment, kl)
+    needs: str | None = None  # the spec key it cannot do without
+    need_hint: str = ""  # what to give for it, for the error message
+    model_computed: bool = False  # scored from the language model by the evaluator
+    column: str | None = None  # the score's name in results when it differs (fluency → perplexity)
+    inverted: bool = False  # the column falls as the metric rises (perplexity vs fluency)
+    classified: bool = False  # `classifier:` can supply it
+
+    @property
+    def score_name(self) -> str:
+        return self.column or self.name
+
+    @property
+    def default_direction(self) -> str:
+        return "minimize" if self.higher_is_better is False else "maximize"
+
+
+REGISTRY: dict[str, MetricInfo] = {
+    info.name: info
+    for info in (
+        MetricInfo("sentiment", None, classified=True),
+        MetricInfo("profanity", False),
+        MetricInfo(
+            "toxicity",
+            False,
+            needs="classifier",
+            need_hint="a classifier model — name one with classifier: (a Hugging Face text-classification id or "
+            "path, e.g. s-nlp/roberta_toxicity_classifier), or use profanity (offline)",
+            classified=True,
+        ),
+        MetricInfo("relevance", True, needs="topic", need_hint="a text to compare completions with, such as weddings"),
+        MetricInfo(
+            "topic_rate", True, needs="topic_words", need_hint="words to count, such as [wedding, bride, groom]"
+        ),
+        MetricInfo("fluency", True, model_computed=True, column=PERPLEXITY, inverted=True),
+        MetricInfo("kl", None, model_computed=True),
+    )
+}
+METRICS: tuple[str, ...] = tuple(REGISTRY)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric that picks the best setting, the score column it reads, and which way wins."""
+
+    metric: str
+    direction: str  # on the metric as the spec names it: maximize fluency = minimize perplexity
+
+    @property
+    def column(self) -> str:
+        return REGISTRY[self.metric].score_name
+
+    @property
+    def sign(self) -> int:
+        """+1 when a higher column value is better, −1 when a lower one is."""
+        sign = 1 if self.direction == "maximize" else -1
+        return -sign if REGISTRY[self.metric].inverted else sign
+
+    def better(self, value: float) -> float:
+        """A key that sorts the best value highest."""
+        return self.sign * value
 
 
 class Metric(Protocol):
-    """Scores completions; `higher_is_better` is None where steering may aim either way."""
+    """Scores completions; the registry entry of `name` says which way is better."""
 
     name: str
-    higher_is_better: bool | None
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]: ...
 
@@ -42,7 +110,6 @@ class SentimentMetric:
     """
 
     name = "sentiment"
-    higher_is_better = None
 
     def __init__(self, classifier: str | None = None):
         self.classifier = classifier
@@ -64,7 +131,6 @@ class ProfanityMetric:
     """
 
     name = "profanity"
-    higher_is_better = False
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         _check_aligned(prompts, completions)
@@ -79,15 +145,8 @@ class ToxicityMetric:
     """P(toxic) from a named Hugging Face classifier with a label named toxic (local files only)."""
 
     name = "toxicity"
-    higher_is_better = False
 
-    def __init__(self, classifier: str | None):
-        if not classifier:
-            raise SpecError(
-                "toxicity needs a classifier model — name one with classifier: (a Hugging Face "
-                "text-classification id or path, e.g. s-nlp/roberta_toxicity_classifier), or use profanity (offline)",
-                key="metrics",
-            )
+    def __init__(self, classifier: str):
         self.classifier = classifier
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
@@ -99,13 +158,8 @@ class RelevanceMetric:
     """Cosine similarity of each completion to `topic`, embedded with all-MiniLM-L6-v2 (bundled, CPU)."""
 
     name = "relevance"
-    higher_is_better = True
 
-    def __init__(self, topic: str | None):
-        if not topic or not topic.strip():
-            raise SpecError(
-                "missing — relevance needs a text to compare completions with, such as weddings", key="topic"
-            )
+    def __init__(self, topic: str):
         self.topic = topic
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
@@ -126,14 +180,9 @@ class TopicRateMetric:
     """
 
     name = "topic_rate"
-    higher_is_better = True
 
     def __init__(self, topic_words: Sequence[str]):
         words = [word.strip().lower() for word in topic_words if word.strip()]
-        if not words:
-            raise SpecError(
-                "missing — topic_rate needs words to count, such as [wedding, bride, groom]", key="topic_words"
-            )
         self.topic_words = tuple(words)
         forms = {form for word in words for form in _plural_forms(word)}
         alternatives = "|".join(map(re.escape, sorted(forms, key=len, reverse=True)))
@@ -144,6 +193,18 @@ class TopicRateMetric:
         return [1.0 if self._pattern.search(text) else 0.0 for text in completions]
 
 
+def check_needs(names: Sequence[str], given: Mapping[str, Any]) -> None:
+    """Refuse a metric whose needed spec key (topic, topic_words, classifier) is absent from `given`."""
+    for name in names:
+        info = REGISTRY.get(name)
+        if info is None:
+            raise SpecError(f"{name!r} — expected one of {', '.join(METRICS)}", key="metrics")
+        if info.needs and not given.get(info.needs):
+            if info.needs == "classifier":  # named under metrics: the classifier itself is optional elsewhere
+                raise SpecError(f"{name} needs {info.need_hint}", key="metrics")
+            raise SpecError(f"missing — {name} needs {info.need_hint}", key=info.needs)
+
+
 def build_text_metrics(
     names: Sequence[str],
     *,
@@ -151,7 +212,7 @@ def build_text_metrics(
     topic_words: Sequence[str] = (),
     classifier: str | Mapping[str, str] | None = None,
 ) -> list[Metric]:
-    """The text metrics among `names`, in order; fluency and kl are left to the runner.
+    """The text metrics among `names`, in order; the model-computed ones are left to the evaluator.
 
     `classifier` is one model for sentiment and toxicity alike, or a mapping from those names
     to models (as `ExperimentSpec.classifier` holds it).
@@ -159,23 +220,17 @@ def build_text_metrics(
     models: Mapping[str, str | None] = (
         classifier if isinstance(classifier, Mapping) else dict.fromkeys(("sentiment", "toxicity"), classifier)
     )
-    metrics: list[Metric] = []
-    for name in names:
-        if name in MODEL_METRICS:
-            continue
-        if name == "sentiment":
-            metrics.append(SentimentMetric(models.get("sentiment")))
-        elif name == "profanity":
-            metrics.append(ProfanityMetric())
-        elif name == "toxicity":
-            metrics.append(ToxicityMetric(models.get("toxicity")))
-        elif name == "relevance":
-            metrics.append(RelevanceMetric(topic))
-        elif name == "topic_rate":
-            metrics.append(TopicRateMetric(topic_words))
-        else:
-            raise SpecError(f"{name!r} — expected one of {', '.join(METRICS)}", key="metrics")
-    return metrics
+    check_needs(
+        names, {"topic": (topic or "").strip(), "topic_words": topic_words, "classifier": models.get("toxicity")}
+    )
+    builders: dict[str, Any] = {
+        "sentiment": lambda: SentimentMetric(models.get("sentiment")),
+        "profanity": ProfanityMetric,
+        "toxicity": lambda: ToxicityMetric(str(models.get("toxicity"))),
+        "relevance": lambda: RelevanceMetric(str(topic)),
+        "topic_rate": lambda: TopicRateMetric(topic_words),
+    }
+    return [builders[name]() for name in names if not REGISTRY[name].model_computed]
 
 
 def _plural_forms(word: str) -> set[str]:
@@ -211,8 +266,11 @@ def _classifier(model: str) -> TextClassificationPipeline:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        network = AutoModelForSequenceClassification.from_pretrained(model, local_files_only=True)
+        # a note names the classifier: never run code that came with it
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True, trust_remote_code=False)
+        network = AutoModelForSequenceClassification.from_pretrained(
+            model, local_files_only=True, trust_remote_code=False
+        )
     except OSError as error:
         raise SpecError(
             f"{model!r} is neither a local model folder nor in the Hugging Face cache — "

@@ -3,35 +3,52 @@
 `bayes` answers the ActAdd paper's open question (its `l` and `c` came from a grid search):
 Optuna's TPE proposes settings, the fluency guard enters as a constraint (perplexity
 ratio ≤ max_perplexity_ratio), and trials are asked in rounds so each round is one
-batched generation job.
+batched generation job. The study lives in an SQLite file that travels with the result, so
+`optuna-dashboard study.sqlite3` opens the search as Optuna saw it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import tempfile
+from pathlib import Path
+from typing import Any
 
+from actadd_notes.experiments.evaluator import Evaluator
+from actadd_notes.experiments.metrics import Objective
+from actadd_notes.experiments.results import Setting, SettingResult
 from actadd_notes.experiments.spec import ExperimentSpec
-
-if TYPE_CHECKING:
-    from actadd_notes.experiments.runner import Evaluator, SettingResult
 
 ROUND_SIZE = 4  # trials per batched round: TPE still learns between rounds
 _RATIO = "perplexity_ratio"
+STUDY_NAME = "actadd-notes"
 
 
 def run_grid(spec: ExperimentSpec, evaluator: Evaluator) -> list[SettingResult]:
-    from actadd_notes.experiments.runner import Setting
-
     return evaluator.evaluate([Setting(layer, float(coeff)) for layer in spec.layers for coeff in spec.coeffs])
 
 
 def run_bayes(
-    spec: ExperimentSpec, evaluator: Evaluator, objective: str
-) -> tuple[list[SettingResult], list[dict[str, Any]], int | None]:
-    """TPE over the spec's ranges; returns the evaluated settings, the trial log and trials-to-best."""
+    spec: ExperimentSpec, evaluator: Evaluator, objective: Objective
+) -> tuple[list[SettingResult], list[dict[str, Any]], int | None, bytes]:
+    """TPE over the spec's ranges; returns the evaluated settings, the trial log, trials-to-best
+    and the study as the bytes of an SQLite file."""
     import optuna
 
-    from actadd_notes.experiments.runner import Setting
+    with tempfile.TemporaryDirectory(prefix="actadd-study-") as folder:
+        path = Path(folder) / "study.sqlite3"
+        storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+        try:
+            results, log = _search(spec, evaluator, objective, storage)
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()  # every trial is committed: the file is complete once closed
+        return results, log, _trials_to_best(log, objective), path.read_bytes()
+
+
+def _search(
+    spec: ExperimentSpec, evaluator: Evaluator, objective: Objective, storage: Any
+) -> tuple[list[SettingResult], list[dict[str, Any]]]:
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna 5 deprecates constraints_func (a FutureWarning) for Trial.set_constraint; 4.x lacks the latter
@@ -44,7 +61,10 @@ def run_bayes(
         else (lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio]),
         constant_liar=True,
     )
-    study = optuna.create_study(direction=spec.direction, sampler=sampler)
+    direction = "maximize" if objective.sign > 0 else "minimize"  # on the score column
+    study = optuna.create_study(direction=direction, sampler=sampler, storage=storage, study_name=STUDY_NAME)
+    study.set_user_attr("objective", {"metric": objective.metric, "score": objective.column})
+    assert spec.layer_range is not None and spec.coeff_range is not None
     (layer_lo, layer_hi), (coeff_lo, coeff_hi) = spec.layer_range, spec.coeff_range
     results: list[SettingResult] = []
     log: list[dict[str, Any]] = []
@@ -61,7 +81,7 @@ def run_bayes(
             for t in asked
         ]
         for trial, result in zip(asked, evaluator.evaluate(settings)):
-            value = result.objective(objective)
+            value = result.mean(objective.column)
             trial.set_user_attr(_RATIO, result.perplexity_ratio)
             if per_trial:
                 trial.set_constraint(_RATIO, result.perplexity_ratio - spec.max_perplexity_ratio)
@@ -80,7 +100,7 @@ def run_bayes(
                     "feasible": not result.rejected,
                 }
             )
-    return results, log, _trials_to_best(log, spec.direction)
+    return results, log
 
 
 def _readable(coeff: float, low: float, high: float) -> float:
@@ -89,13 +109,14 @@ def _readable(coeff: float, low: float, high: float) -> float:
     return min(max(float(f"{coeff:.4g}"), low), high)
 
 
-def _trials_to_best(log: list[dict[str, Any]], direction: str) -> int | None:
+def _trials_to_best(log: list[dict[str, Any]], objective: Objective) -> int | None:
     """1-based index of the first feasible trial reaching the best feasible value."""
     feasible = [t for t in log if t["feasible"] and t["value"] is not None]
     if not feasible:
         return None
-    sign = 1 if direction == "maximize" else -1
-    best = max(sign * t["value"] for t in feasible)
+    best = max(objective.better(t["value"]) for t in feasible)
     return next(
-        i for i, t in enumerate(log, 1) if t["feasible"] and t["value"] is not None and sign * t["value"] >= best
+        i
+        for i, t in enumerate(log, 1)
+        if t["feasible"] and t["value"] is not None and objective.better(t["value"]) >= best
     )

@@ -18,35 +18,8 @@ metrics: [sentiment, fluency]
 literature: ["[[@turnerActivationAdditionSteering2024]]"]
 ```
 
-Every key, with its default (an empty property counts as absent):
-
-| key | default | meaning |
-|---|---|---|
-| `model` | `embedded` | model to steer |
-| `prompt_add`, `prompt_sub` | required | steering vector c·(h(p+) − h(p−)) at the input of `layer` |
-| `layer`, `coeff` | required | grid: value or list; bayes: range `[lo, hi]` or `{min: lo, max: hi}` (a single value pins it) |
-| `prompts` | required, unless the body has `## Prompts` | `- item` lines, quotes stripped from `- "item"`; merged after the property |
-| `samples` | 10 | completions per prompt and setting |
-| `max_new_tokens` | 40 | tokens generated per completion |
-| `seed` | 0 | |
-| `temperature`, `top_p`, `top_k`, `freq_penalty` | 1.0, 0.3, 0 (off), 1.0 | sampling, as in the paper |
-| `metrics` | `[sentiment]` | any of sentiment, profanity, toxicity, relevance, topic_rate, fluency, kl; fluency is always added (the guard needs it) |
-| `search` | `grid` | `grid` (every layer × coeff) or `bayes` (Optuna over the ranges) |
-| `trials` | 20 | bayes only: settings tried |
-| `coeff_scale` | `linear` | bayes only: `log` samples coeff log-uniformly (positive ranges only) |
-| `objective` | first metric that is not fluency | metric that picks the best setting |
-| `direction` | `maximize` | or `minimize` |
-| `max_perplexity_ratio` | 1.5 | settings whose perplexity exceeds ratio × baseline are rejected |
-| `topic` | — | text that `relevance` compares completions with |
-| `topic_words` | — | words that `topic_rate` looks for (plurals tolerated) |
-| `classifier` | — | Hugging Face text-classification model for sentiment or toxicity; `{sentiment: id, toxicity: id}` when both |
-| `chat` | false | wrap prompts in the model's chat template |
-| `pad_token` | `" "` | pads the shorter of p+ and p− (the reference pads with spaces) |
-| `position` | `front` | `front`: add at the first positions during prefill (the paper); `all`: every position, every step |
-| `batch_size` | automatic | generations per forward pass |
-| `max_generations` | 20000 | refuse larger runs (settings × prompts × samples, the baseline counting as one setting) |
-| `extra_additions` | `[]` | more steering vectors `{add, sub, layer, coeff}`, added on top in every steered setting (never in the baseline) |
-| `literature` | `[]` | wiki links to literature notes, kept as written |
+Every key, its default and its meaning are in the README's key table (a test checks that it
+lists every key in `SPEC_KEYS`). An empty property counts as absent.
 
 Other keys are kept in `ExperimentSpec.unknown` and draw a warning, except Obsidian's own
 `type`, `tags`, `aliases` and `cssclasses`, and the scaffold's `created`.
@@ -59,14 +32,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from actadd_notes.errors import SpecError, note_context
+from actadd_notes.experiments.metrics import METRICS, REGISTRY, check_needs
 
-METRICS: tuple[str, ...] = ("sentiment", "profanity", "toxicity", "relevance", "topic_rate", "fluency", "kl")
 TOOL_KEYS: frozenset[str] = frozenset(
     {"status", "started", "finished", "progress", "result", "best_layer", "best_coeff", "error", "run_id"}
 )
@@ -76,7 +49,7 @@ SPEC_KEYS: frozenset[str] = frozenset(
         "seed", "temperature", "top_p", "top_k", "freq_penalty", "metrics", "search", "trials",
         "coeff_scale", "objective", "direction", "max_perplexity_ratio", "topic", "topic_words",
         "classifier", "chat", "pad_token", "position", "batch_size", "max_generations",
-        "extra_additions", "literature",
+        "extra_additions", "literature", "confirm", "confirm_samples", "dtype",
     }
 )  # fmt: skip
 # Obsidian's own properties (and the scaffold's `created`): kept in `unknown`, not worth a warning.
@@ -85,7 +58,10 @@ _QUIET_KEYS = frozenset({"type", "tags", "aliases", "cssclasses", "created"})
 _UNHASHED = ("literature", "max_generations", "batch_size")
 
 # Whole-number keys and their minimum; the property name is the field name.
-_WHOLE = {"samples": 1, "max_new_tokens": 1, "seed": 0, "top_k": 0, "batch_size": 1, "max_generations": 1}
+_WHOLE = {
+    "samples": 1, "max_new_tokens": 1, "seed": 0, "top_k": 0, "batch_size": 1, "max_generations": 1,
+    "confirm_samples": 1,
+}  # fmt: skip
 # Number keys, the test they must pass, and how to say what is valid.
 _NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
     "temperature": (lambda x: x > 0, "must be > 0"),
@@ -98,8 +74,9 @@ _CHOICES = {
     "direction": ("maximize", "minimize"),
     "coeff_scale": ("linear", "log"),
     "position": ("front", "all"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
 }
-_CLASSIFIED = ("sentiment", "toxicity")  # metrics that can use `classifier`
+_CLASSIFIED = tuple(name for name, info in REGISTRY.items() if info.classified)
 _ADDITION_KEYS = ("add", "sub", "layer", "coeff")
 _PROMPTS_HEADING = re.compile(r"^##\s+prompts\s*$", re.IGNORECASE)
 _HEADING = re.compile(r"^#{1,6}\s")
@@ -109,8 +86,8 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Addition:
-    """One steering vector c·(h(add) − h(sub)) at the input of `layer`."""
+class ExtraAddition:
+    """One more steering vector c·(h(add) − h(sub)) at the input of `layer`, on top in every steered setting."""
 
     add: str
     sub: str
@@ -144,8 +121,10 @@ class ExperimentSpec:
     search: str = "grid"
     trials: int | None = None
     coeff_scale: str = "linear"
-    objective: str | None = "sentiment"
+    objective: str = "sentiment"
     direction: str = "maximize"
+    confirm: bool = True
+    confirm_samples: int | None = None
     max_perplexity_ratio: float = 1.5
     topic: str | None = None
     topic_words: tuple[str, ...] = ()
@@ -154,8 +133,9 @@ class ExperimentSpec:
     pad_token: str = " "
     position: str = "front"
     batch_size: int | None = None
+    dtype: str = "auto"
     max_generations: int = 20_000
-    extra_additions: tuple[Addition, ...] = ()
+    extra_additions: tuple[ExtraAddition, ...] = ()
     literature: tuple[str, ...] = ()
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -175,7 +155,9 @@ class ExperimentSpec:
     def spec_hash(self) -> str:
         """sha256 of what decides the results, so reruns of an unchanged spec can be recognised.
 
-        `batch_size` is not: each row draws from its own seeded stream, whatever shares its batch.
+        `batch_size` is not: each row draws from its own seeded stream, whatever shares its batch
+        (exactly so in float32; in bf16 on a GPU a row's numbers depend on its batch, which the
+        reproducibility record's batch plan shows).
         """
         data = self.to_dict()
         for key in _UNHASHED:
@@ -183,10 +165,18 @@ class ExperimentSpec:
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    @property
+    def confirmation_samples(self) -> int:
+        """Completions per prompt in the confirmation stage (0 when it is off)."""
+        if not self.confirm:
+            return 0
+        return self.confirm_samples or self.samples
+
 
 @dataclass(frozen=True)
 class WorkEstimate:
-    """The size of a run; the unsteered baseline counts as one setting."""
+    """The size of a run; each baseline counts as one setting, and the confirmation as three
+    (the best setting, its baseline and the random-direction control)."""
 
     settings: int
     generations: int
@@ -218,11 +208,31 @@ def check_layers(spec: ExperimentSpec, num_layers: int, model_name: str, *, note
                 raise SpecError(f"item {number}: layer {addition.layer} — {valid}", key="extra_additions")
 
 
+def check_lengths(
+    spec: ExperimentSpec, prompt_tokens: Sequence[int], context: int | None, *, note: str | None = None
+) -> None:
+    """Refuse prompts that, with `max_new_tokens`, would not fit the model's context (`context` None: unknown)."""
+    if context is None:
+        return
+    longest = max(prompt_tokens)
+    if longest + spec.max_new_tokens > context:
+        with _noted(note):
+            key = "max_new_tokens" if spec.max_new_tokens >= context else "prompts"
+            raise SpecError(
+                f"the longest prompt is {longest:,} tokens and max_new_tokens is {spec.max_new_tokens:,}: "
+                f"{longest + spec.max_new_tokens:,} tokens, but the model's context is {context:,} — shorten the "
+                "prompt or lower max_new_tokens",
+                key=key,
+            )
+
+
 def estimate_work(spec: ExperimentSpec) -> WorkEstimate:
     """Count settings, generations and at most how many tokens a run generates."""
     steered = len(spec.layers) * len(spec.coeffs) if spec.search == "grid" else spec.trials or 0
-    settings = steered + 1
-    generations = settings * len(spec.prompts) * spec.samples
+    search = (steered + 1) * len(spec.prompts) * spec.samples
+    confirmation = 3 * len(spec.prompts) * spec.confirmation_samples
+    settings = steered + 1 + (3 if spec.confirm else 0)
+    generations = search + confirmation
     return WorkEstimate(settings, generations, generations * spec.max_new_tokens)
 
 
@@ -233,8 +243,9 @@ def check_work(spec: ExperimentSpec, estimate: WorkEstimate, *, note: str | None
     shrink = "the grid (fewer layers or coeffs" if spec.search == "grid" else "the search (fewer trials"
     with _noted(note):
         raise SpecError(
-            f"{estimate.generations:,} generations ({estimate.settings} settings with the baseline × "
-            f"{len(spec.prompts)} prompts × {spec.samples} samples) exceed max_generations "
+            f"{estimate.generations:,} generations ({estimate.settings} settings with the baseline"
+            f"{' and the confirmation' if spec.confirm else ''} × {len(spec.prompts)} prompts × samples) exceed "
+            "max_generations "
             f"{spec.max_generations:,} — raise max_generations or shrink {shrink}, prompts or samples)",
             key="max_generations",
         )
@@ -259,12 +270,32 @@ def _parse(properties: Mapping[str, Any], body: str) -> tuple[ExperimentSpec, li
         empty_ok=True,
     )
     if spec["prompt_add"] == spec["prompt_sub"]:
-        warnings.append("prompt_sub: same as prompt_add, so the steering vector is zero")
+        raise SpecError(
+            f"{_show(spec['prompt_sub'])} is the same as prompt_add — the steering vector would be zero",
+            key="prompt_sub",
+        )
     spec["prompts"] = _all_prompts(props.get("prompts"), body)
+    _parse_scalars(props, spec)
+    _parse_search(props, spec, warnings)
+    _parse_metrics(props, spec, warnings)
+    spec["extra_additions"] = tuple(
+        _addition(item, number) for number, item in enumerate(_listed(props.get("extra_additions", [])), 1)
+    )
+    spec["literature"] = tuple(
+        _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
+        for number, item in enumerate(_listed(props.get("literature", [])), 1)
+    )
+    return ExperimentSpec(**spec), warnings
+
+
+def _parse_scalars(props: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Keys that stand alone: texts, whole numbers, numbers, choices and flags."""
     if "model" in props:
         spec["model"] = _text(props["model"], "model")
     if "pad_token" in props:
         spec["pad_token"] = _text(props["pad_token"], "pad_token", blank_ok=True)
+    if props.get("batch_size") == "auto":
+        props = {key: value for key, value in props.items() if key != "batch_size"}
     for key, minimum in _WHOLE.items():
         if key in props:
             spec[key] = _whole(props[key], key, minimum)
@@ -276,21 +307,17 @@ def _parse(properties: Mapping[str, Any], body: str) -> tuple[ExperimentSpec, li
     for key, options in _CHOICES.items():
         if key in props:
             spec[key] = _choice(props[key], key, options)
-    if "chat" in props:
-        if not isinstance(props["chat"], bool):
-            raise SpecError(f"{_show(props['chat'])} — expected true or false", key="chat")
-        spec["chat"] = props["chat"]
+    _parse_flags(props, spec)
 
-    _parse_search(props, spec, warnings)
-    _parse_metrics(props, spec, warnings)
-    spec["extra_additions"] = tuple(
-        _addition(item, number) for number, item in enumerate(_listed(props.get("extra_additions", [])), 1)
-    )
-    spec["literature"] = tuple(
-        _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
-        for number, item in enumerate(_listed(props.get("literature", [])), 1)
-    )
-    return ExperimentSpec(**spec), warnings
+
+def _parse_flags(props: dict[str, Any], spec: dict[str, Any]) -> None:
+    for key in ("chat", "confirm"):
+        if key in props:
+            if not isinstance(props[key], bool):
+                raise SpecError(f"{_show(props[key])} — expected true or false", key=key)
+            spec[key] = props[key]
+    if "confirm_samples" in spec and not spec.get("confirm", True):
+        del spec["confirm_samples"]  # nothing to confirm: keep it out of spec_hash
 
 
 def _parse_search(props: dict[str, Any], spec: dict[str, Any], warnings: list[str]) -> None:
@@ -315,19 +342,18 @@ def _parse_search(props: dict[str, Any], spec: dict[str, Any], warnings: list[st
 
 
 def _parse_metrics(props: dict[str, Any], spec: dict[str, Any], warnings: list[str]) -> None:
-    """Metrics, the objective, and the settings that metrics need (topic, topic_words, classifier)."""
+    """Metrics, the objective and its direction, and the keys metrics need (topic, topic_words, classifier)."""
     raw = _listed(props.get("metrics", ["sentiment"]))
     names = _unique([_choice(name, "metrics", METRICS) for name in raw], "metrics")
     if "fluency" not in names:
-        names.append("fluency")
+        names.append("fluency")  # the guard needs it
     spec["metrics"] = tuple(names)
 
-    default = next((name for name in names if name != "fluency"), None)
+    default = next((name for name in names if name != "fluency"), "fluency")
     objective = spec["objective"] = props.get("objective", default)
-    if objective is None and spec.get("search") == "bayes":
-        raise SpecError("nothing to optimize — add a metric besides fluency", key="objective")
-    if objective is not None and objective not in names:
+    if objective not in names:
         raise SpecError(f"{_show(objective)} — expected {_alternatives(names)} (add it to metrics)", key="objective")
+    spec.setdefault("direction", REGISTRY[objective].default_direction)
 
     if "topic" in props:
         spec["topic"] = _text(props["topic"], "topic")
@@ -335,23 +361,13 @@ def _parse_metrics(props: dict[str, Any], spec: dict[str, Any], warnings: list[s
         spec["topic_words"] = tuple(
             _text(word, "topic_words", item=number) for number, word in enumerate(_listed(props["topic_words"]), 1)
         )
-    for key, metric, need in (
-        ("topic", "relevance", "a text to compare completions with, such as weddings"),
-        ("topic_words", "topic_rate", "words to count, such as [wedding, bride, groom]"),
-    ):
-        if metric in names and not spec.get(key):
-            raise SpecError(f"missing — {metric} needs {need}", key=key)
-        if spec.get(key) and metric not in names:
-            warnings.append(f"{key}: only used by the {metric} metric — ignored")
+    for key in ("topic", "topic_words"):
+        users = [name for name, info in REGISTRY.items() if info.needs == key]
+        if spec.get(key) and not set(users) & set(names):
+            warnings.append(f"{key}: only used by the {' and '.join(users)} metric — ignored")
             del spec[key]
-
     spec["classifier"] = _classifiers(props.get("classifier"), names, warnings)
-    if "toxicity" in names and "toxicity" not in spec["classifier"]:
-        raise SpecError(
-            "toxicity needs a classifier model — name one with classifier: (a Hugging Face text-classification "
-            "id or path, e.g. s-nlp/roberta_toxicity_classifier), or use profanity (offline)",
-            key="metrics",
-        )
+    check_needs(names, {**spec, "classifier": spec["classifier"].get("toxicity")})
 
 
 def _classifiers(value: Any, metrics: list[str], warnings: list[str]) -> dict[str, str]:
@@ -383,14 +399,14 @@ def _classifiers(value: Any, metrics: list[str], warnings: list[str]) -> dict[st
     return chosen
 
 
-def _addition(item: Any, number: int) -> Addition:
+def _addition(item: Any, number: int) -> ExtraAddition:
     where = f"item {number}"
     if not isinstance(item, Mapping) or set(map(str, item)) != set(_ADDITION_KEYS):
         raise SpecError(
             f"{where}: {_show(item)} — expected {{add: …, sub: …, layer: …, coeff: …}}", key="extra_additions"
         )
     try:
-        return Addition(
+        return ExtraAddition(
             add=_prompt(item["add"], "add"),
             sub=_text(item["sub"], "sub", empty_ok=True),
             layer=_layer(item["layer"], "layer"),

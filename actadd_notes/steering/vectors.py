@@ -71,11 +71,9 @@ class SteeringVector:
     def scaled(self) -> torch.Tensor:
         return self.vector * self.coeff
 
-    def save(self, path: str | Path) -> Path:
-        """Write as safetensors with provenance in the header (readable without torch)."""
-        from safetensors.torch import save_file
-
-        metadata = {
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header: provenance readable without torch."""
+        return {
             "format": "actadd-notes/steering-vector/v1",
             "layer": str(self.layer),
             "coeff": repr(self.coeff),
@@ -86,9 +84,18 @@ class SteeringVector:
             "sub_ids": json.dumps(list(self.sub_ids)),
             "provenance": json.dumps(self.provenance, sort_keys=True),
         }
+
+    def to_bytes(self) -> bytes:
+        """The vector as a safetensors file's bytes, with `metadata()` in its header."""
+        from safetensors.torch import save
+
+        return bytes(save({"vector": self.vector.detach().to("cpu").contiguous()}, metadata=self.metadata()))
+
+    def save(self, path: str | Path) -> Path:
+        """Write as safetensors with provenance in the header (readable without torch)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"vector": self.vector.detach().to("cpu").contiguous()}, str(path), metadata=metadata)
+        path.write_bytes(self.to_bytes())
         return path
 
     @classmethod

@@ -1,0 +1,145 @@
+"""Run an experiment spec on a `SteerableLM`: search, select, confirm, control, decide.
+
+Scientific ground rules, enforced here rather than left to the user:
+* every stage carries a sampling-matched baseline: the same prompts, seeds and sampling, no
+  steering, so steered rows and their baseline share random numbers;
+* every metric comes with a 95% CI and its difference to the baseline;
+* a fluency guard rejects settings whose perplexity (under the unsteered model) exceeds
+  `max_perplexity_ratio` × the baseline's: degenerate text cannot win;
+* many settings tried means many tests: the search's p-values are Holm-adjusted over all of them;
+* the search's winner is generated again on fresh seeds with a fresh baseline and a
+  random-direction control, and the verdict (`verdict.decide`) rests on that confirmation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from actadd_notes.experiments.evaluator import Evaluator, Progress, ProgressCallback, control_seed, text_metrics
+from actadd_notes.experiments.metrics import Metric, Objective
+from actadd_notes.experiments.report import findings, reproducibility, vector_diagnostics
+from actadd_notes.experiments.results import CONFIRMATION, SEARCH, Confirmation, ExperimentResult, Setting, pick_best
+from actadd_notes.experiments.search import run_bayes, run_grid
+from actadd_notes.experiments.spec import ExperimentSpec, check_layers, check_lengths, check_work, estimate_work
+from actadd_notes.experiments.stats import holm, prompt_difference
+from actadd_notes.experiments.verdict import decide
+from actadd_notes.steering.lm import SteerableLM
+from actadd_notes.steering.vectors import ActAdd, SteeringVector
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    lm: SteerableLM,
+    *,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    provenance: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> ExperimentResult:
+    """Run `spec` (grid or bayes) with its baselines and confirmation; `progress(done, total, stage)` follows it."""
+    check_layers(spec, lm.num_layers, lm.short_name, note=note)
+    check_lengths(spec, [len(lm.encode(p, chat=spec.chat).ids) for p in spec.prompts], _context_length(lm), note=note)
+    estimate = estimate_work(spec)
+    check_work(spec, estimate, note=note)
+    started = time.perf_counter()
+    objective = Objective(spec.objective, spec.direction)
+    tracker = Progress(estimate.generations, progress, cancelled)
+    metrics = text_metrics(spec)
+    search = Evaluator(spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics)
+    trials: list[dict[str, Any]] = []
+    trials_to_best, study = None, None
+    if spec.search == "bayes":
+        settings, trials, trials_to_best, study = run_bayes(spec, search, objective)
+    else:
+        settings = run_grid(spec, search)
+    for setting, adjusted in zip(settings, holm([s.differences[objective.column].p_value for s in settings])):
+        setting.p_holm = adjusted
+    best = pick_best(settings, objective)
+    confirmation, confirming = None, None
+    confirming_since = time.perf_counter()
+    if spec.confirm and best is not None:
+        confirmation, confirming = _confirm(spec, lm, objective, best.setting, search, tracker, metrics)
+    timing = {"confirmation_wall_time_s": round(time.perf_counter() - confirming_since, 2)} if confirmation else {}
+    assert search.baseline is not None
+    result = ExperimentResult(
+        spec=spec,
+        objective=objective,
+        baseline=search.baseline,
+        settings=settings,
+        samples=search.samples + (confirming.samples if confirming else []),
+        best=best,
+        confirmation=confirmation,
+        verdict=decide(objective, best, confirmation, settings_tested=len(settings)),
+        vectors=_vectors(spec, lm, best.setting if best else None, confirming),
+        trials=trials,
+        trials_to_best=trials_to_best,
+        study=study,
+    )
+    layers = sorted({s.setting.layer for s in settings if s.setting.layer is not None})
+    result.diagnostics = vector_diagnostics(spec, lm, layers, result.vectors)
+    result.reproducibility = reproducibility(spec, lm, time.perf_counter() - started, {**(provenance or {}), **timing})
+    result.findings = findings(result)
+    return result
+
+
+def _confirm(
+    spec: ExperimentSpec,
+    lm: SteerableLM,
+    objective: Objective,
+    best: Setting,
+    search: Evaluator,
+    tracker: Progress,
+    metrics: list[Metric],
+) -> tuple[Confirmation, Evaluator]:
+    """The best setting, a fresh baseline and the random-direction control on seeds the search never used."""
+    stage = Evaluator(
+        spec, lm, objective, stage=CONFIRMATION, first_sample=spec.samples, samples=spec.confirmation_samples,
+        progress=tracker, metrics=metrics,
+    )  # fmt: skip
+    if stage.seeds & search.seeds:  # impossible by construction (evaluator.row_seed): a bug if it happens
+        raise AssertionError("confirmation seeds overlap the search's")
+    assert best.layer is not None
+    control = Setting(best.layer, best.coeff, control=True)
+    confirmed_best, confirmed_control = stage.evaluate([best, control])
+    assert stage.baseline is not None
+    (steered, steered_prompts), (random, random_prompts) = (
+        stage.scores_of(s, objective.column) for s in (best, control)
+    )
+    confirmation = Confirmation(
+        baseline=stage.baseline,
+        best=confirmed_best,
+        control=confirmed_control,
+        versus_control=prompt_difference(steered, random, steered_prompts, random_prompts),
+        samples=stage.samples_per_prompt,
+        control_seed=control_seed(spec.seed, best.layer),
+    )
+    return confirmation, stage
+
+
+def _vectors(
+    spec: ExperimentSpec, lm: SteerableLM, best: Setting | None, confirming: Evaluator | None
+) -> dict[str, SteeringVector]:
+    """The unscaled vectors of the best setting, its control and the extra additions, on the CPU."""
+    if best is None or best.layer is None:
+        return {}
+    main = ActAdd(spec.prompt_add, spec.prompt_sub, best.layer, 1.0, spec.pad_token)
+    vectors = {f"vector-L{best.layer}": lm.steering_vector(main)}
+    if confirming is not None:
+        vectors["control"] = confirming.control_vector(best.layer)
+    for number, addition in enumerate(spec.extra_additions, 1):
+        extra = ActAdd(addition.add, addition.sub, addition.layer, 1.0, spec.pad_token)
+        vectors[f"vector-extra{number}-L{addition.layer}"] = lm.steering_vector(extra)
+    return {name: replace(vector, vector=vector.vector.detach().to("cpu")) for name, vector in vectors.items()}
+
+
+def _context_length(lm: SteerableLM) -> int | None:
+    """The longest sequence the model was built for, where its config says so."""
+    config = lm.model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

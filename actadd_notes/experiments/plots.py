@@ -1,0 +1,179 @@
+"""The run's plots as PNG bytes: objective heatmap over layer × coeff, each metric against the
+coefficient per layer with CI bands, objective against fluency, and a Bayesian search's history."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from actadd_notes.experiments.metrics import PERPLEXITY, REGISTRY
+from actadd_notes.experiments.results import ExperimentResult, SettingResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+HEATMAP = "heatmap.png"
+
+
+def plots(result: ExperimentResult) -> dict[str, bytes]:
+    """Every plot of `result`, keyed by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figures: dict[str, Figure] = {}
+    steered = result.settings
+    if (
+        result.spec.search == "grid"
+        and len({s.setting.layer for s in steered}) * len({s.setting.coeff for s in steered}) > 1
+    ):
+        figures[HEATMAP] = _heatmap(result)
+    for metric in _plotted_metrics(result):
+        figures[f"{metric}-vs-coeff.png"] = _metric_vs_coeff(result, metric)
+    figures["objective-vs-fluency.png"] = _objective_vs_fluency(result)
+    if result.trials:
+        figures["trials.png"] = _trial_history(result)
+    return {name: _png(figure) for name, figure in figures.items()}
+
+
+def _plotted_metrics(result: ExperimentResult) -> list[str]:
+    """Score names, the objective's first; fluency appears as perplexity."""
+    scores = [REGISTRY[m].score_name for m in result.spec.metrics]
+    first = result.objective.column
+    return [first] + [s for s in dict.fromkeys([PERPLEXITY, *scores]) if s != first]
+
+
+def _png(figure: Figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _heatmap(result: ExperimentResult) -> Figure:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = sorted({s.setting.layer for s in result.settings})
+    coeffs = sorted({s.setting.coeff for s in result.settings})
+    grid = np.full((len(layers), len(coeffs)), np.nan)
+    for s in result.settings:
+        value = s.mean(result.objective.column)
+        grid[layers.index(s.setting.layer), coeffs.index(s.setting.coeff)] = np.nan if value is None else value
+    figure, axes = plt.subplots(figsize=(1.2 * len(coeffs) + 3, 0.6 * len(layers) + 2))
+    image = axes.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    axes.set_xticks(range(len(coeffs)), [f"{c:g}" for c in coeffs])
+    axes.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    axes.set_xlabel("coefficient c")
+    axes.set_ylabel("layer l")
+    base = result.baseline.mean(result.objective.column)
+    axes.set_title(
+        f"{result.objective.column} (baseline {base:.3f}); × guard = rejected for fluency"
+        if base is not None
+        else result.objective.column
+    )
+    for s in result.settings:
+        y, x = layers.index(s.setting.layer), coeffs.index(s.setting.coeff)
+        value = s.mean(result.objective.column)
+        text = "" if value is None else f"{value:.2f}" + ("\n× guard" if s.rejected else "")
+        axes.text(x, y, text, ha="center", va="center", color="white", fontsize=9)
+    figure.colorbar(image, ax=axes, label=result.objective.column)
+    return figure
+
+
+def _metric_vs_coeff(result: ExperimentResult, metric: str) -> Figure:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    base = result.baseline.metrics.get(metric)
+    if base is not None and base.mean is not None:
+        axes.axhline(base.mean, color="black", lw=1, label="baseline")
+        if base.ci_low is not None:
+            axes.axhspan(base.ci_low, base.ci_high, color="black", alpha=0.1)
+    for layer in sorted({s.setting.layer for s in result.settings}):
+        rows = sorted((s for s in result.settings if s.setting.layer == layer), key=lambda s: s.setting.coeff)
+        points = [
+            (s.setting.coeff, s.metrics[metric])
+            for s in rows
+            if metric in s.metrics and s.metrics[metric].mean is not None
+        ]
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        line = axes.plot(xs, [m.mean for _, m in points], marker="o", label=f"layer {layer}")[0]
+        if all(m.ci_low is not None for _, m in points):
+            axes.fill_between(
+                xs, [m.ci_low for _, m in points], [m.ci_high for _, m in points], color=line.get_color(), alpha=0.15
+            )
+    axes.set_xlabel("coefficient c")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} vs coefficient (95% CI bands)")
+    axes.legend(fontsize=8, ncols=2)
+    return figure
+
+
+def _objective_vs_fluency(result: ExperimentResult) -> Figure:
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    kept = [s for s in result.settings if not s.rejected]
+    dropped = [s for s in result.settings if s.rejected]
+    for group, style, label in ((kept, "o", "passed guard"), (dropped, "x", "rejected")):
+        xs, ys = _points(group, result.objective.column)
+        if xs:
+            axes.scatter(xs, ys, marker=style, label=label)
+    axes.axvline(result.spec.max_perplexity_ratio, color="red", ls="--", lw=1, label="fluency guard")
+    axes.axvline(1.0, color="black", lw=1)
+    base = result.baseline.mean(result.objective.column)
+    if base is not None:
+        axes.axhline(base, color="black", lw=1, ls=":", label="baseline")
+    if result.best is not None:
+        axes.annotate(
+            result.best.setting.label, (result.best.perplexity_ratio, result.best.mean(result.objective.column))
+        )
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+    axes.set_xlabel("perplexity ÷ baseline perplexity (log)")
+    axes.set_ylabel(result.objective.column)
+    axes.set_title(f"{result.objective.column} vs fluency")
+    axes.legend(fontsize=8)
+    return figure
+
+
+def _points(settings: Sequence[SettingResult], metric: str) -> tuple[list[float], list[float]]:
+    pairs = [(s.perplexity_ratio, s.mean(metric)) for s in settings]
+    pairs = [(x, y) for x, y in pairs if y is not None and math.isfinite(x)]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def _trial_history(result: ExperimentResult) -> Figure:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    better = result.objective.better
+    best, best_so_far = None, []
+    for trial in result.trials:
+        value = trial["value"]
+        if trial["feasible"] and value is not None and (best is None or better(value) > better(best)):
+            best = value
+        best_so_far.append(best)
+    numbers = [t["number"] + 1 for t in result.trials]
+    colours = ["tab:blue" if t["feasible"] else "tab:red" for t in result.trials]
+    axes.scatter(numbers, [t["value"] for t in result.trials], c=colours, s=18, label="trial (red: rejected)")
+    axes.step(
+        numbers,
+        [b if b is not None else float("nan") for b in best_so_far],
+        where="post",
+        color="black",
+        label="best feasible so far",
+    )
+    axes.set_xlabel("trial")
+    axes.set_ylabel(result.objective.column)
+    axes.set_title("Bayesian search (TPE) history")
+    axes.legend(fontsize=8)
+    return figure

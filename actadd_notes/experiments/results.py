@@ -1,0 +1,201 @@
+"""What a run produced, as plain data: settings, their scores, the confirmation, the verdict.
+
+Everything publishing needs is here (the vectors included), so writing a result note needs no
+model. `ExperimentResult.to_dict` is results.json (schema `actadd-notes/results/v2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from actadd_notes.experiments.metrics import Objective
+from actadd_notes.experiments.spec import ExperimentSpec
+from actadd_notes.experiments.stats import Difference, Summary
+
+if TYPE_CHECKING:
+    from actadd_notes.steering.lm import Completion
+    from actadd_notes.steering.vectors import SteeringVector
+
+SCHEMA = "actadd-notes/results/v2"
+SEARCH, CONFIRMATION = "search", "confirmation"
+
+# The verdict words, in the `effect` property of every result note
+DETECTED = "detected"  # confirmed on fresh seeds, and beats the random-direction control
+NOT_SPECIFIC = "not specific"  # confirmed, but a random push of the same size does as much
+NOT_DETECTED = "not detected"  # the confirmation did not bear the search's winner out
+EXPLORATORY = "exploratory"  # confirmation turned off: the search estimate alone
+NO_SETTING = "none"  # no setting passed the fluency guard
+EFFECTS = (DETECTED, NOT_SPECIFIC, NOT_DETECTED, EXPLORATORY, NO_SETTING)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the search; the baseline has neither layer nor coeff.
+
+    A `control` setting adds, instead of the steering vector, a vector of the same
+    per-position norms in a random direction, at the same layer and coefficient."""
+
+    layer: int | None = None
+    coeff: float | None = None
+    control: bool = False
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.layer is None
+
+    @property
+    def label(self) -> str:
+        if self.is_baseline:
+            return "baseline"
+        return f"{'control ' if self.control else ''}L{self.layer} c{self.coeff:g}"
+
+
+@dataclass
+class SettingResult:
+    setting: Setting
+    metrics: dict[str, Summary]  # by score name (fluency is scored as perplexity)
+    differences: dict[str, Difference] = field(default_factory=dict)  # to the same stage's baseline
+    perplexity_ratio: float = 1.0
+    rejected: bool = False
+    p_holm: float | None = None  # the objective's p-value, Holm-adjusted over every setting searched
+
+    def mean(self, score: str) -> float | None:
+        summary = self.metrics.get(score)
+        return None if summary is None else summary.mean
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.setting.label,
+            "layer": self.setting.layer,
+            "coeff": self.setting.coeff,
+            "control": self.setting.control,
+            "metrics": {name: asdict(s) for name, s in self.metrics.items()},
+            "differences": {name: asdict(d) for name, d in self.differences.items()},
+            "perplexity_ratio": self.perplexity_ratio,
+            "rejected": self.rejected,
+            "p_holm": self.p_holm,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated completion and its scores: a row of completions.csv."""
+
+    stage: str
+    setting: Setting
+    prompt_index: int
+    sample: int
+    completion: Completion
+    scores: dict[str, float]
+
+
+@dataclass
+class Confirmation:
+    """The search's best setting, a fresh baseline and the random-direction control, generated
+    again on seeds no search row used; the verdict rests on these numbers."""
+
+    baseline: SettingResult
+    best: SettingResult
+    control: SettingResult
+    versus_control: Difference  # best − control on the objective
+    samples: int  # per prompt
+    control_seed: int  # seeds the random direction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "control_seed": self.control_seed,
+            "baseline": self.baseline.to_dict(),
+            "best": self.best.to_dict(),
+            "control": self.control.to_dict(),
+            "versus_control": asdict(self.versus_control),
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The run's conclusion: one of `EFFECTS`, and the sentence every note and line reads."""
+
+    effect: str
+    sentence: str
+    difference: Difference | None = None  # what the verdict rests on (confirmed, or search when exploratory)
+    versus_control: Difference | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "effect": self.effect,
+            "sentence": self.sentence,
+            "difference": asdict(self.difference) if self.difference else None,
+            "versus_control": asdict(self.versus_control) if self.versus_control else None,
+        }
+
+
+@dataclass
+class ExperimentResult:
+    spec: ExperimentSpec
+    objective: Objective
+    baseline: SettingResult
+    settings: list[SettingResult]
+    samples: list[Sample]
+    best: SettingResult | None
+    confirmation: Confirmation | None
+    verdict: Verdict
+    vectors: dict[str, SteeringVector]  # file stem → unscaled vector, on the CPU
+    findings: list[str] = field(default_factory=list)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    reproducibility: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    trials_to_best: int | None = None
+    study: bytes | None = None  # the bayes search's Optuna study, an SQLite file
+
+    @property
+    def effect(self) -> str:
+        return self.verdict.effect
+
+    def examples(self, stage: str, setting: Setting, limit: int = 5) -> list[dict[str, Any]]:
+        rows = [s for s in self.samples if s.stage == stage and s.setting == setting][:limit]
+        return [
+            {"prompt": s.completion.prompt, "completion": s.completion.text, "seed": s.completion.seed} for s in rows
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        confirmed = self.confirmation
+        examples = {
+            "baseline": self.examples(SEARCH, self.baseline.setting),
+            "best": self.examples(SEARCH, self.best.setting) if self.best else [],
+        }
+        if confirmed is not None:
+            examples["control"] = self.examples(CONFIRMATION, confirmed.control.setting)
+        return {
+            "schema": SCHEMA,
+            "spec": self.spec.to_dict(),
+            "spec_hash": self.spec.spec_hash(),
+            "search": self.spec.search,
+            "objective": {"metric": self.objective.metric, "score": self.objective.column,
+                          "direction": self.objective.direction},
+            "max_perplexity_ratio": self.spec.max_perplexity_ratio,
+            "settings_tested": len(self.settings),
+            "baseline": self.baseline.to_dict(),
+            "settings": [s.to_dict() for s in self.settings],
+            "best": self.best.to_dict() if self.best else None,
+            "confirmation": confirmed.to_dict() if confirmed else None,
+            "verdict": self.verdict.to_dict(),
+            "trials": self.trials,
+            "trials_to_best": self.trials_to_best,
+            "findings": self.findings,
+            "diagnostics": self.diagnostics,
+            "examples": examples,
+            "reproducibility": self.reproducibility,
+            "warnings": self.warnings,
+        }  # fmt: skip
+
+
+def pick_best(settings: Sequence[SettingResult], objective: Objective) -> SettingResult | None:
+    """The best setting that passed the fluency guard, by the objective's mean (the first on ties)."""
+    allowed = [s for s in settings if not s.rejected and s.mean(objective.column) is not None]
+    if not allowed:
+        return None
+    return max(allowed, key=lambda s: objective.better(s.mean(objective.column) or 0.0))
