@@ -20,7 +20,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/actadd-notes demo
 
+# Lint and type checks first (seconds), then the tests (minutes): CI (.ci/run) is `make test`.
 test: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy actadd_notes
 	$(VENV)/bin/python -m pytest -q
 
 clean:

@@ -22,9 +22,12 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
-    from actadd_notes.steering.lm import Completion, SteerableLM
-    from actadd_notes.steering.models import load_model
-    from actadd_notes.steering.vectors import ActAdd, SteeringVector
+    # `X as X`: re-exported for type checkers; at run time `__getattr__` imports them on first use
+    from actadd_notes.steering.lm import Completion as Completion
+    from actadd_notes.steering.lm import SteerableLM as SteerableLM
+    from actadd_notes.steering.models import load_model as load_model
+    from actadd_notes.steering.vectors import ActAdd as ActAdd
+    from actadd_notes.steering.vectors import SteeringVector as SteeringVector
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 torch and transformers are imported only inside the commands that need a model, so
 `--help`, `new` and `lit` start instantly. Library errors (ActaddError) become click errors
-at one boundary, `main()`.
+at one boundary, `_Group.invoke`, which also takes the terminal's input away from every command.
 """
 
 from __future__ import annotations
@@ -19,26 +19,34 @@ import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from actadd_notes import __version__
 from actadd_notes.errors import ActaddError
 
+if TYPE_CHECKING:
+    from actadd_notes.jobs import JobOutcome, JobRunner
+    from actadd_notes.vault.config import VaultConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 EXIT_FAILED = 1  # a job failed or was cancelled; click uses 2 for usage errors
 
 
-def vault_option(function: Callable) -> Callable:
+def vault_option(function: F) -> F:
     return click.option(
         "--vault",
         type=click.Path(file_okay=False, path_type=Path),
         envvar="ACTADD_NOTES_VAULT",
-        help="Vault root (the folder holding .obsidian/); default: found from the note or the current folder. Env: ACTADD_NOTES_VAULT.",
+        help="Vault root (the folder holding .obsidian/); default: found from the note or the current folder. "
+        "Env: ACTADD_NOTES_VAULT.",
     )(function)
 
 
-def model_options(function: Callable) -> Callable:
+def model_options(function: F) -> F:
     function = click.option(
         "--dtype",
         default="auto",
@@ -55,11 +63,11 @@ def model_options(function: Callable) -> Callable:
     )(function)
 
 
-def json_option(function: Callable) -> Callable:
+def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")(function)
 
 
-def _config(vault: Path | None, start: Path | None = None):
+def _config(vault: Path | None, start: Path | None = None) -> VaultConfig:
     from actadd_notes.vault.config import VaultConfig, find_vault_root
 
     root = vault if vault is not None else find_vault_root((start or Path.cwd()).resolve())
@@ -89,7 +97,7 @@ def _check_device(device: str, dtype: str) -> None:
         )
 
 
-def _runner(config, device: str, dtype: str):
+def _runner(config: VaultConfig, device: str, dtype: str) -> JobRunner:
     from actadd_notes.jobs import JobRunner, ModelSlot
 
     _check_device(device, dtype)
@@ -116,26 +124,37 @@ class _ProgressBar:
         self.bar.close()
 
 
-def _run_one(runner, note: Path):
-    """Run one note; Ctrl-C stops at the next batch and puts the note back to `queued`."""
-    bar = _ProgressBar(note.stem)
+@contextlib.contextmanager
+def _stopped_by(*signals: signal.Signals) -> Iterator[threading.Event]:
+    """An event the first of `signals` sets (the job stops at its next batch); the previous
+    handlers are back on exit. Off the main thread Python installs no handler: nothing sets it."""
     stop = threading.Event()
 
-    def stop_now(signum, frame) -> None:
+    def stop_now(signum: int, frame: FrameType | None) -> None:
         click.echo("\nstopping after the current batch…", err=True)
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, stop_now) if threading.current_thread() is threading.main_thread() else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, stop_now) for sig in signals} if main_thread else {}
     try:
-        return runner.run(note, progress=bar, interrupted=stop.is_set)
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_one(runner: JobRunner, note: Path) -> JobOutcome:
+    """Run one note; Ctrl-C stops at the next batch and puts the note back to `queued`."""
+    bar = _ProgressBar(note.stem)
+    try:
+        with _stopped_by(signal.SIGINT) as stop:
+            return runner.run(note, progress=bar, interrupted=stop.is_set)
     finally:
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
-def _report(outcome, config, as_json: bool) -> None:
-    from actadd_notes.jobs import relative
+def _report(outcome: JobOutcome, config: VaultConfig, as_json: bool) -> None:
+    from actadd_notes.publish import relative
 
     result = relative(config, outcome.result_note) if outcome.result_note else None
     if as_json:
@@ -263,14 +282,7 @@ def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: 
     from actadd_notes.watcher import Watcher
 
     config = _config(vault)
-    stop = threading.Event()
-
-    def stop_now(signum, frame) -> None:
-        click.echo("stopping after the current batch…", err=True)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, stop_now) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _stopped_by(signal.SIGINT, signal.SIGTERM) as stop:
         watcher = Watcher(
             _runner(config, device, dtype),
             debounce_ms=debounce_ms,
@@ -283,9 +295,6 @@ def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: 
             # twice; harmless, and not the user's business
             warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
             watcher.serve()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @cli.command()
@@ -481,8 +490,8 @@ def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None
     """
     from actadd_notes._resources import shipped_dir
     from actadd_notes.jobs import DONE, QUEUED
-    from actadd_notes.vault.scan import spec_notes
     from actadd_notes.vault.config import VaultConfig
+    from actadd_notes.vault.scan import spec_notes
 
     target = directory or Path(tempfile.mkdtemp(prefix="actadd-demo-")) / "vault"
     if target.exists() and any(target.iterdir()):

@@ -29,7 +29,7 @@ def write_comparison(config: VaultConfig, renderer: TemplateRenderer | None = No
     ]
     for run in runs:
         run["date"] = str(run["date"] or "")
-    runs.sort(key=lambda run: run["date"])
+    runs.sort(key=lambda run: str(run["date"]))
     try:
         ensure_runs_view(config)
         embed = runs_view_embed(config)

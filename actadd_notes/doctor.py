@@ -5,8 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from actadd_notes.errors import ActaddError
+
+if TYPE_CHECKING:
+    from actadd_notes.zotero.items import ZoteroSource
 
 
 @dataclass(frozen=True)
@@ -81,20 +85,15 @@ def _vault(vault: Path | None) -> list[Check]:
         config = VaultConfig.load(root)
     except ActaddError as error:
         return [Check("vault", False, f"{error} (pass --vault or run inside a vault)", required=vault is not None)]
-    found = [
-        Check(
-            "vault",
-            True,
-            f"{config.root} (config: {'actadd-notes.yaml' if (config.root / 'actadd-notes.yaml').is_file() else 'defaults'})",
-        )
-    ]
+    settings = "actadd-notes.yaml" if (config.root / "actadd-notes.yaml").is_file() else "defaults"
+    found = [Check("vault", True, f"{config.root} (config: {settings})")]
     for source in sources_from_config(config):
         ok, detail = _reachable(source)
         found.append(Check(f"zotero {source.name}", ok, detail, required=False))
     return found
 
 
-def _reachable(source) -> tuple[bool, str]:
+def _reachable(source: ZoteroSource) -> tuple[bool, str]:
     """Cheap checks only: a TCP connect to the local API, the export file on disk."""
     import socket
     from urllib.parse import urlparse

@@ -81,13 +81,17 @@ class ModelSlot:
             self._key = self._lm = None
             if self._announce is not None:
                 self._announce(f"loading model {name}…")
-            loader = self._loader
-            if loader is None:
-                from actadd_notes.steering.models import load_model as loader
+            loader = self._loader or _load_model
             options = {**self._options, **({"dtype": dtype} if dtype != "auto" else {})}
             self._lm = loader(name, **options)
             self._key = key
         return self._lm
+
+
+def _load_model(name: str, **options: Any) -> SteerableLM:
+    from actadd_notes.steering.models import load_model  # torch loads with the first model, not before
+
+    return load_model(name, **options)
 
 
 def is_spec_note(note: Note) -> bool:
@@ -184,7 +188,7 @@ class JobRunner:
                 )
         try:
             with note_context(name):
-                spec, warnings = parse_spec(dict(note.properties), note.body, note=name)
+                spec, warnings = parse_spec(dict(note.properties), note.body, note=name, resolve_pairs=self._pairs)
                 check_note_name(self.config.root, path)  # its result note and journal line must link to it
         except ActaddError as error:
             return self.fail(path, error)
@@ -255,6 +259,13 @@ class JobRunner:
             provenance=self._provenance(path),
             note=relative(self.config, path),
         )
+
+    def _pairs(self, link: str) -> tuple[str, list[tuple[str, str]]]:
+        """A spec's `pairs: "[[note]]"`: the note's vault path and its pairs."""
+        from actadd_notes.vault.pairs import read_pairs
+
+        path, pairs = read_pairs(self.config, link)
+        return relative(self.config, path), pairs
 
     def _provenance(self, path: Path) -> dict[str, Any]:
         extra = {"spec_note": relative(self.config, path)}

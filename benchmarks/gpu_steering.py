@@ -23,6 +23,7 @@ prints it; the last lines are a short table.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -179,13 +180,11 @@ def part_a(lm, config, args, log) -> dict:
         prompts = random_prompts(batch, config.vocab_size, seed=batch)
         seeds = list(range(batch))
 
-        def plain():
-            return lm.complete(prompts, max_new_tokens=args.new_tokens, seeds=seeds, batch_size=batch, **SAMPLING)
-
-        def steered():
-            return lm.complete(
-                prompts, max_new_tokens=args.new_tokens, seeds=seeds, steer=steer, batch_size=batch, **SAMPLING
-            )
+        # bound now (partial, not a closure over the loop's variables): each batch times its own rows
+        plain = functools.partial(
+            lm.complete, prompts, max_new_tokens=args.new_tokens, seeds=seeds, batch_size=batch, **SAMPLING
+        )
+        steered = functools.partial(plain, steer=steer)
 
         for _ in range(args.warmup):
             _, p = timed(plain)
@@ -337,6 +336,10 @@ def part_b(lm, config, args, log, deadline: float, hard_deadline: float, save) -
     return out
 
 
+def _sample_steps(procs, ids, scores, n: int) -> list:
+    return [procs(ids, scores).argmax(-1) for _ in range(n)]
+
+
 def part_p(lm, config, args, log) -> dict:
     """Diagnostics: what a decode step's sampler costs, and prefill-only steered vs plain."""
     out = {"processors_ms_per_step": {}, "prefill_only": {}}
@@ -350,7 +353,7 @@ def part_p(lm, config, args, log) -> dict:
         for _ in range(2):
             procs(ids, scores)
         n = 10
-        dt, _ = timed(lambda: [procs(ids, scores).argmax(-1) for _ in range(n)])
+        dt, _ = timed(functools.partial(_sample_steps, procs, ids, scores, n))
         out["processors_ms_per_step"][str(batch)] = 1000 * dt / n
     log("P processors ms/step: " + json.dumps({k: round(v, 3) for k, v in out["processors_ms_per_step"].items()}))
 
@@ -447,7 +450,7 @@ def environment(command: str) -> dict:
     return env
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="gpt2-xl,llama-3-8b")
     parser.add_argument("--parts", default="A,P,B")
@@ -474,32 +477,100 @@ def main(argv=None) -> int:
         help="no Part B repetition starts that would end past this many seconds after start",
     )
     parser.add_argument("--out", default=None)
-    script_start = time.perf_counter()
     args = parser.parse_args(argv)
     args.batches_a = [int(b) for b in args.batches_a.split(",")]
     if args.tiny:
         args.warmup, args.reps_a, args.reps_b, args.max_reps_b, args.reps_b_ii, args.reps_p = 1, 2, 2, 2, 1, 2
         args.new_tokens = min(args.new_tokens, 8)
         args.batches_a = [1, 4]
+    return args
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"]) / "gpu_steering.json"
+    if args.tiny:
+        return Path("/tmp/gpu_steering_tiny.json")
+    return Path(__file__).parent / "results" / "gpu_steering_local.json"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def bench_model(name: str, args: argparse.Namespace, device: str, dtype, script_start: float, save) -> dict:
+    """Every part asked for on one model; `save(entry)` after each, so a killed run keeps what it measured."""
+    started = time.perf_counter()
+    lm, config, built_s = build(name, args.tiny, device, dtype)
+    entry = {
+        "layers": lm.num_layers,
+        "vocab": config.vocab_size,
+        "build_s": built_s,
+        "params_b": sum(p.numel() for p in lm.model.parameters()) / 1e9,
+    }
+    save(entry)
+    log(f"{name}: built in {built_s:.1f}s, {entry['params_b']:.2f}B params, {lm.num_layers} layers")
+    parts = args.parts.split(",")
+    if "A" in parts:
+        entry["A"] = part_a(lm, config, args, log)
+        save(entry)
+    if "P" in parts:
+        entry["P"] = part_p(lm, config, args, log)
+        save(entry)
+    if "B" in parts:
+
+        def save_b(partial):
+            entry["B"] = partial
+            save(entry)
+
+        entry["B"] = part_b(
+            lm,
+            config,
+            args,
+            log,
+            deadline=started + args.budget_s,
+            hard_deadline=script_start + args.hard_s,
+            save=save_b,
+        )
+    entry["wall_s"] = time.perf_counter() - started
+    if device == "cuda":
+        entry["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    save(entry)
+    del lm
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return entry
+
+
+def print_table(summary: dict) -> None:
+    def row(name: str, test: str, r: dict, digits: int, target: str, passed) -> None:
+        figures = f"{r['median']:.{digits}f}  [{r['min']:.{digits}f}, {r['max']:.{digits}f}]"
+        print(f"{name:11s} {test:38s} {figures:26s} {target:7s} {passed}")
+
+    print("\nmodel       test                                   median   [min, max]         target  pass")
+    for name, entry in summary["models"].items():
+        for batch, a in entry.get("A", {}).get("batches", {}).items():
+            row(name, f"A steered/plain batch {batch}", a["ratio_steered_over_plain"], 4, "<=1.02", a["pass"])
+        b = entry.get("B")
+        if b:
+            r = b["ratio_ii_over_i"]
+            row(name, f"B (ii) per-setting / (i) batched (n={r['n']})", r, 2, ">=10", b["pass_speedup_ge_10"])
+            r = b["ratio_i_over_iii"]
+            row(name, f"B (i) batched / (iii) plain (n={r['n']})", r, 4, "<=1.05", b["pass_cost_le_1.05"])
+
+
+def main(argv=None) -> int:
+    script_start = time.perf_counter()
+    args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # bf16 matrix products are very slow on CPUs without bf16 units: the CPU dry run uses float32
     dtype = torch.bfloat16 if device == "cuda" or not args.tiny else torch.float32
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    if args.out:
-        out_path = Path(args.out)
-    elif os.environ.get("OUT"):
-        out_path = Path(os.environ["OUT"]) / "gpu_steering.json"
-    else:
-        out_path = (
-            Path("/tmp/gpu_steering_tiny.json")
-            if args.tiny
-            else Path(__file__).parent / "results" / "gpu_steering_local.json"
-        )
+    out_path = output_path(args)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
     summary = {
         "environment": environment(command),
         "settings": {
@@ -517,70 +588,15 @@ def main(argv=None) -> int:
     }
     log(json.dumps(summary["environment"]))
 
-    def save() -> None:
-        out_path.write_text(json.dumps(summary, indent=1))
-
-    parts = args.parts.split(",")
     for name in args.models.split(","):
-        started = time.perf_counter()
-        lm, config, built_s = build(name, args.tiny, device, dtype)
-        entry = {
-            "layers": lm.num_layers,
-            "vocab": config.vocab_size,
-            "build_s": built_s,
-            "params_b": sum(p.numel() for p in lm.model.parameters()) / 1e9,
-        }
-        summary["models"][name] = entry
-        log(f"{name}: built in {built_s:.1f}s, {entry['params_b']:.2f}B params, {lm.num_layers} layers")
-        if "A" in parts:
-            entry["A"] = part_a(lm, config, args, log)
-            save()
-        if "P" in parts:
-            entry["P"] = part_p(lm, config, args, log)
-            save()
-        if "B" in parts:
 
-            def save_b(partial):
-                entry["B"] = partial
-                save()
+        def save(entry: dict, name: str = name) -> None:
+            summary["models"][name] = entry
+            out_path.write_text(json.dumps(summary, indent=1))
 
-            entry["B"] = part_b(
-                lm,
-                config,
-                args,
-                log,
-                deadline=started + args.budget_s,
-                hard_deadline=script_start + args.hard_s,
-                save=save_b,
-            )
-            save()
-        entry["wall_s"] = time.perf_counter() - started
-        if device == "cuda":
-            entry["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        save()
-        del lm
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        bench_model(name, args, device, dtype, script_start, save)
     print(json.dumps(summary, indent=1))
-
-    print("\nmodel       test                                   median   [min, max]         target  pass")
-    for name, entry in summary["models"].items():
-        for batch, a in entry.get("A", {}).get("batches", {}).items():
-            r = a["ratio_steered_over_plain"]
-            print(
-                f"{name:11s} A steered/plain batch {batch:<3s}               {r['median']:.4f}  [{r['min']:.4f}, {r['max']:.4f}]  <=1.02   {a['pass']}"
-            )
-        b = entry.get("B")
-        if b:
-            r = b["ratio_ii_over_i"]
-            print(
-                f"{name:11s} B (ii) per-setting / (i) batched (n={r['n']})  {r['median']:7.2f}  [{r['min']:.2f}, {r['max']:.2f}]      >=10     {b['pass_speedup_ge_10']}"
-            )
-            r = b["ratio_i_over_iii"]
-            print(
-                f"{name:11s} B (i) batched / (iii) plain (n={r['n']})       {r['median']:.4f}  [{r['min']:.4f}, {r['max']:.4f}]  <=1.05   {b['pass_cost_le_1.05']}"
-            )
+    print_table(summary)
     print(f"wrote {out_path}")
     return 0
 

@@ -11,6 +11,23 @@ import sys
 
 import pytest
 
+# `actadd-notes demo` runs inside whichever test first asks for `demo_vault`: about two minutes
+# on an idle 2-core machine, many more on a loaded one. Every test that uses the fixture gets
+# this pytest-timeout (pytest_collection_modifyitems), and the demo's own subprocess gives up
+# first, so a slow machine fails with the demo's stderr rather than a bare timeout.
+DEMO_TEST_TIMEOUT_S = 1800
+DEMO_RUN_TIMEOUT_S = DEMO_TEST_TIMEOUT_S - 100
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "demo_vault" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("timeout")
+        seconds = None if marker is None else (marker.args[0] if marker.args else marker.kwargs.get("timeout"))
+        if seconds is None or 0 < seconds < DEMO_TEST_TIMEOUT_S:
+            item.add_marker(pytest.mark.timeout(DEMO_TEST_TIMEOUT_S), append=False)
+
 
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory):
@@ -46,7 +63,7 @@ def demo_vault(tmp_path_factory, session_cache):
         ],
         capture_output=True,
         text=True,
-        timeout=1700,
+        timeout=DEMO_RUN_TIMEOUT_S,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,18 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from vaults import vault
 
 from actadd_notes._resources import shipped_dir
 from actadd_notes.errors import VaultError
 from actadd_notes.vault.config import CONFIG_FILE, VaultConfig, find_vault_root
 from actadd_notes.vault.notes import Note
-
-
-@pytest.fixture
-def vault(tmp_path):
-    root = tmp_path / "vault"
-    (root / ".obsidian").mkdir(parents=True)
-    return root
 
 
 def settings(vault: Path, text: str) -> Path:

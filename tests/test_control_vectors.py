@@ -342,20 +342,9 @@ def test_vector_format_gguf_writes_one_direction_per_layer(tmp_path, five_block_
 def test_vector_keeps_safetensors_as_the_default_with_one_layer(tmp_path, tiny_model_dir):
     out = tmp_path / "v.safetensors"
     result = invoke(
-        "vector",
-        "--add",
-        "Love",
-        "--sub",
-        "Hate",
-        "--layer",
-        "1",
-        "--layer",
-        "2",
-        "--model",
-        tiny_model_dir,
-        "--out",
-        out,
-    )
+        "vector", "--add", "Love", "--sub", "Hate", "--layer", "1", "--layer", "2",
+        "--model", tiny_model_dir, "--out", out,
+    )  # fmt: skip
     assert result.exit_code == 2
     assert (
         "--layer: a .safetensors vector holds one layer; give one --layer, or --format gguf for several"
@@ -367,20 +356,9 @@ def test_vector_keeps_safetensors_as_the_default_with_one_layer(tmp_path, tiny_m
 def test_vector_gguf_refuses_layer_1_before_loading_the_model(tmp_path):
     out = tmp_path / "v.gguf"
     result = invoke(
-        "vector",
-        "--add",
-        "Love",
-        "--sub",
-        "Hate",
-        "--layer",
-        "1",
-        "--model",
-        tmp_path / "no-model",
-        "--format",
-        "gguf",
-        "--out",
-        out,
-    )
+        "vector", "--add", "Love", "--sub", "Hate", "--layer", "1",
+        "--model", tmp_path / "no-model", "--format", "gguf", "--out", out,
+    )  # fmt: skip
     assert result.exit_code == 1
     assert "layer 1: llama.cpp cannot steer the input of block 1." in result.stderr
     assert not out.exists()

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from vaults import vault
 
 from actadd_notes.errors import TemplateError, VaultError
 from actadd_notes.vault.config import VaultConfig
@@ -20,13 +21,6 @@ from actadd_notes.vault.moment import moment_format
 from actadd_notes.vault.templates import TemplateRenderer
 
 WHEN = datetime(2024, 1, 2, 9, 5, 7, 123456)  # a Tuesday
-
-
-@pytest.fixture
-def vault(tmp_path):
-    root = tmp_path / "vault"
-    (root / ".obsidian").mkdir(parents=True)
-    return root
 
 
 def daily_settings(vault: Path, **settings: str) -> None:

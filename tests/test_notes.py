@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from ruamel.yaml import YAML
+from vaults import vault
 
 from actadd_notes.errors import ConflictError, VaultError
 from actadd_notes.vault.notes import (
@@ -90,13 +91,6 @@ Trailing user text, no newline at the end"""
 
 def parse(text: str, name: str = "note.md") -> Note:
     return Note.parse(text, Path(name))
-
-
-@pytest.fixture
-def vault(tmp_path):
-    root = tmp_path / "vault"
-    (root / ".obsidian").mkdir(parents=True)
-    return root
 
 
 def write(path: Path, text: str) -> Path:

@@ -6,7 +6,8 @@ random Llama with its tokenizer, saved once per session with `save_pretrained`, 
 `write_spec` with the work sized by name: `QUICK` (about a second) or `SLOW` (a few seconds
 in many small batches, for tests that act in the middle of a run).
 
-Import the fixtures into a test module: `from vaults import example_vault, tiny_model_dir`.
+Import the fixtures into a test module: `from vaults import example_vault, tiny_model_dir`;
+`vault` is an empty vault (a folder holding `.obsidian/`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def vault(tmp_path) -> Path:
+    """An empty vault: a folder holding `.obsidian/`."""
+    root = tmp_path / "vault"
+    (root / ".obsidian").mkdir(parents=True)
+    return root
 
 
 @pytest.fixture

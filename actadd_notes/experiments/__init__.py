@@ -1,1 +1,1 @@
-"""Experiment layer: spec parsing, text metrics and confidence intervals, free of any vault I/O."""
+"""The experiment layer: specs, metrics, statistics, search, evaluation, verdict and report; no vault I/O."""

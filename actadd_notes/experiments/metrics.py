@@ -248,7 +248,7 @@ def _check_aligned(prompts: Sequence[str], completions: Sequence[str]) -> None:
 def _classify(model: str, texts: Sequence[str], wanted: tuple[str, ...], metric: str) -> list[dict[str, float]]:
     """Per text, the probability of each label (lower-cased), after checking `wanted` labels exist."""
     pipe = _classifier(model)
-    labels = [str(label).lower() for label in pipe.model.config.id2label.values()]
+    labels = [str(label).lower() for label in (pipe.model.config.id2label or {}).values()]
     missing = [label for label in wanted if label not in labels]
     if missing:
         raise SpecError(

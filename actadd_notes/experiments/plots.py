@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from actadd_notes.experiments.metrics import PERPLEXITY, REGISTRY
-from actadd_notes.experiments.results import ExperimentResult, SettingResult
+from actadd_notes.experiments.results import ExperimentResult, Setting, SettingResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,6 +44,13 @@ def _plotted_metrics(result: ExperimentResult) -> list[str]:
     return [first] + [s for s in dict.fromkeys([PERPLEXITY, *scores]) if s != first]
 
 
+def _point(setting: Setting) -> tuple[int, float]:
+    """The layer and coefficient of a searched setting (only the baseline has neither)."""
+    if setting.layer is None or setting.coeff is None:
+        raise ValueError(f"{setting.label} is no point of the search")
+    return setting.layer, setting.coeff
+
+
 def _png(figure: Figure) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -57,12 +64,13 @@ def _heatmap(result: ExperimentResult) -> Figure:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    layers = sorted({s.setting.layer for s in result.settings})
-    coeffs = sorted({s.setting.coeff for s in result.settings})
+    points = [_point(s.setting) for s in result.settings]
+    layers = sorted({layer for layer, _ in points})
+    coeffs = sorted({coeff for _, coeff in points})
     grid = np.full((len(layers), len(coeffs)), np.nan)
-    for s in result.settings:
+    for s, (layer, coeff) in zip(result.settings, points):
         value = s.mean(result.objective.column)
-        grid[layers.index(s.setting.layer), coeffs.index(s.setting.coeff)] = np.nan if value is None else value
+        grid[layers.index(layer), coeffs.index(coeff)] = np.nan if value is None else value
     figure, axes = plt.subplots(figsize=(1.2 * len(coeffs) + 3, 0.6 * len(layers) + 2))
     image = axes.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
     axes.set_xticks(range(len(coeffs)), [f"{c:g}" for c in coeffs])
@@ -75,8 +83,8 @@ def _heatmap(result: ExperimentResult) -> Figure:
         if base is not None
         else result.objective.column
     )
-    for s in result.settings:
-        y, x = layers.index(s.setting.layer), coeffs.index(s.setting.coeff)
+    for s, (layer, coeff) in zip(result.settings, points):
+        y, x = layers.index(layer), coeffs.index(coeff)
         value = s.mean(result.objective.column)
         text = "" if value is None else f"{value:.2f}" + ("\n× guard" if s.rejected else "")
         axes.text(x, y, text, ha="center", va="center", color="white", fontsize=9)
@@ -91,23 +99,19 @@ def _metric_vs_coeff(result: ExperimentResult, metric: str) -> Figure:
     base = result.baseline.metrics.get(metric)
     if base is not None and base.mean is not None:
         axes.axhline(base.mean, color="black", lw=1, label="baseline")
-        if base.ci_low is not None:
+        if base.ci_low is not None and base.ci_high is not None:
             axes.axhspan(base.ci_low, base.ci_high, color="black", alpha=0.1)
-    for layer in sorted({s.setting.layer for s in result.settings}):
-        rows = sorted((s for s in result.settings if s.setting.layer == layer), key=lambda s: s.setting.coeff)
-        points = [
-            (s.setting.coeff, s.metrics[metric])
-            for s in rows
-            if metric in s.metrics and s.metrics[metric].mean is not None
-        ]
+    for layer in sorted({_point(s.setting)[0] for s in result.settings}):
+        rows = sorted((s for s in result.settings if s.setting.layer == layer), key=lambda s: _point(s.setting)[1])
+        summaries = [(_point(s.setting)[1], s.metrics.get(metric)) for s in rows]
+        points = [(x, m) for x, m in summaries if m is not None and m.mean is not None]
         if not points:
             continue
         xs = [x for x, _ in points]
-        line = axes.plot(xs, [m.mean for _, m in points], marker="o", label=f"layer {layer}")[0]
-        if all(m.ci_low is not None for _, m in points):
-            axes.fill_between(
-                xs, [m.ci_low for _, m in points], [m.ci_high for _, m in points], color=line.get_color(), alpha=0.15
-            )
+        line = axes.plot(xs, _column(m.mean for _, m in points), marker="o", label=f"layer {layer}")[0]
+        lows, highs = [m.ci_low for _, m in points], [m.ci_high for _, m in points]
+        if all(v is not None for v in lows + highs):
+            axes.fill_between(xs, _column(lows), _column(highs), color=line.get_color(), alpha=0.15)
     axes.set_xlabel("coefficient c")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} vs coefficient (95% CI bands)")
@@ -145,9 +149,17 @@ def _objective_vs_fluency(result: ExperimentResult) -> Figure:
     return figure
 
 
+def _column(values: Iterable[float | None]) -> list[float]:
+    """Plain floats for matplotlib; None (which callers filter out) would be NaN, a gap."""
+    return [math.nan if v is None else v for v in values]
+
+
 def _points(settings: Sequence[SettingResult], metric: str) -> tuple[list[float], list[float]]:
-    pairs = [(s.perplexity_ratio, s.mean(metric)) for s in settings]
-    pairs = [(x, y) for x, y in pairs if y is not None and math.isfinite(x)]
+    pairs = [
+        (s.perplexity_ratio, y)
+        for s in settings
+        if (y := s.mean(metric)) is not None and math.isfinite(s.perplexity_ratio)
+    ]
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 

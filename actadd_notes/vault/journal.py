@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -145,13 +146,18 @@ def fill_daily_template(text: str, when: datetime, date_format: str) -> str:
         return moment_format(moment, fmt[1:].strip() if fmt else date_format)
 
     for pattern, value in (
-        (r"{{\s*date\s*}}", lambda _: name),
-        (r"{{\s*time\s*}}", lambda _: moment_format(when, "HH:mm")),
-        (r"{{\s*title\s*}}", lambda _: name),
+        (r"{{\s*date\s*}}", name),
+        (r"{{\s*time\s*}}", moment_format(when, "HH:mm")),
+        (r"{{\s*title\s*}}", name),
     ):
-        text = re.sub(pattern, value, text, flags=re.IGNORECASE)
+        text = re.sub(pattern, _literally(value), text, flags=re.IGNORECASE)
     text = _CALC.sub(calc, text)
     for pattern, days in ((r"{{\s*yesterday\s*}}", -1), (r"{{\s*tomorrow\s*}}", 1)):
         day = moment_format(when + timedelta(days=days), date_format)
-        text = re.sub(pattern, lambda _, day=day: day, text, flags=re.IGNORECASE)
+        text = re.sub(pattern, _literally(day), text, flags=re.IGNORECASE)
     return text
+
+
+def _literally(text: str) -> Callable[[re.Match[str]], str]:
+    """A `re.sub` replacement that inserts `text` as it is (a string would expand `\\1` and `\\g<…>`)."""
+    return lambda _: text

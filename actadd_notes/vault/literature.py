@@ -164,8 +164,10 @@ def write_literature_note(
     edit saved meanwhile is re-read and kept, never overwritten. A refresh that would drop a
     line raises RefreshWouldDropText and writes nothing, unless `force`."""
     path = literature_note_path(config, item.citekey)
-    vault = {"vault": config.root, "config_folder": config.config_folder}
-    if not path.is_file() and create_note_if_missing(path, render_literature_note(renderer, item, now=now), **vault):
+    vault, folder = config.root, config.config_folder
+    if not path.is_file() and create_note_if_missing(
+        path, render_literature_note(renderer, item, now=now), vault=vault, config_folder=folder
+    ):
         return path
     if not refresh:
         return path
@@ -179,8 +181,9 @@ def write_literature_note(
             path,
         )
         for name, heading in _REGIONS:  # a user template may have left a region out
-            if kept[name] is not None and fresh.region(name) != kept[name]:
-                fresh.set_region(name, kept[name], heading=heading)
+            region = kept[name]
+            if region is not None and fresh.region(name) != region:
+                fresh.set_region(name, region, heading=heading)
         dropped = [
             f"{key}: {note.properties[key]}"
             for key, value in fresh.properties.items()
@@ -194,7 +197,7 @@ def write_literature_note(
             note.set(key, _merged_tags(note.properties.get(key), value) if key == "tags" else value)
         note.body = body
 
-    update_note(path, refreshed, **vault)
+    update_note(path, refreshed, vault=vault, config_folder=folder)
     return path
 
 

@@ -93,6 +93,11 @@ def _hour12(when: datetime) -> int:
     return when.hour % 12 or 12
 
 
+def _fraction(digits: int) -> Callable[[datetime], str]:
+    """The `S`…`SSSSSSSSS` tokens: the first `digits` digits of the fraction of a second."""
+    return lambda when: f"{when.microsecond:06d}000"[:digits]
+
+
 _FORMATTERS: dict[str, Callable[[datetime], str]] = {
     "M": lambda w: str(w.month),
     "Mo": lambda w: _ordinal(w.month),
@@ -147,7 +152,7 @@ _FORMATTERS: dict[str, Callable[[datetime], str]] = {
     "mm": lambda w: f"{w.minute:02d}",
     "s": lambda w: str(w.second),
     "ss": lambda w: f"{w.second:02d}",
-    **{"S" * n: (lambda w, n=n: f"{w.microsecond:06d}000"[:n]) for n in range(1, 10)},
+    **{"S" * n: _fraction(n) for n in range(1, 10)},
     "X": lambda w: str(int(w.timestamp())),
     "x": lambda w: str(int(w.timestamp() * 1000)),
     "Z": lambda w: _offset(w, colon=True),

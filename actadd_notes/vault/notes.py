@@ -663,8 +663,9 @@ def _fenced_lines(lines: list[str]) -> set[int]:
         opener = _CODE_FENCE.match(stripped)
         if fence:
             fenced.add(index)
-            closes = opener and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence)
-            if closes and not stripped[opener.end() :].strip():
+            marker = opener.group(1) if opener else ""
+            # a closing fence: the opener's character, at least as long, nothing after it
+            if opener and marker[0] == fence[0] and len(marker) >= len(fence) and not stripped[opener.end() :].strip():
                 fence = ""
         elif opener:
             fenced.add(index)

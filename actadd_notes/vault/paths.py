@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from actadd_notes.errors import VaultError
 
@@ -70,7 +70,7 @@ def ensure_in_vault(vault: Path, path: str | Path, *, config_folder: str = ".obs
     root = Path(os.path.abspath(vault))
     for base in (root, root.resolve()):
         try:
-            relative = PurePath(candidate).relative_to(base)
+            relative = candidate.relative_to(base)
         except ValueError:
             continue
         return resolve_in_vault(root, relative, config_folder=config_folder)

@@ -39,8 +39,9 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from actadd_notes._resources import shipped_dir
 from actadd_notes.errors import TemplateError
@@ -349,8 +350,15 @@ def _check_format(template: Any) -> None:
 
 def _check_numbers(args: Any, kwargs: dict[str, Any]) -> None:
     for value in (*args, *kwargs.values()):
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and abs(value) > MAX_NUMBER:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and _too_large(value):
             raise SecurityError(f"{value!r} is larger than a template may pass ({MAX_NUMBER:,})")
+
+
+def _too_large(value: numbers.Real) -> bool:
+    try:
+        return abs(float(value)) > MAX_NUMBER
+    except OverflowError:  # an int beyond every float
+        return True
 
 
 def _bounded_size(value: Any) -> Any:

@@ -26,10 +26,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actadd_notes.errors import VaultError
 from actadd_notes.vault.scan import NoteFilter
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 __all__ = ["Change", "EventSource", "SelfWrites", "WatchdogSource", "watch_vault"]
 
@@ -163,7 +166,7 @@ class WatchdogSource:
         self.force_polling = force_polling
         self.poll_delay_ms = poll_delay_ms
         self._queue: queue.SimpleQueue[tuple[Change, Path]] = queue.SimpleQueue()
-        self._observer = None
+        self._observer: BaseObserver | None = None
 
     def start(self) -> None:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -171,7 +174,7 @@ class WatchdogSource:
         if self.force_polling:
             from watchdog.observers.polling import PollingObserver
 
-            observer = PollingObserver(timeout=self.poll_delay_ms / 1000)
+            observer: BaseObserver = PollingObserver(timeout=self.poll_delay_ms / 1000)
         else:
             from watchdog.observers import Observer
 

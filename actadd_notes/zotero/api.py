@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack
 
 import httpcore2
 import httpx2
@@ -33,6 +33,7 @@ __all__ = [
     "LOCAL_API_URL",
     "WEB_API_URL",
     "Clock",
+    "Limits",
     "LocalApiSource",
     "SystemClock",
     "WebApiSource",
@@ -210,10 +211,25 @@ def _pop_delay(headers: httpx2.Headers) -> float | None:
     return max(seconds) if seconds else None
 
 
+class Limits(TypedDict, total=False):
+    """What a source may wait for: `clock` (injected by tests), `attempts` per request,
+    `max_wait_s` that a rate limit may ask for, `timeout_s` per socket operation, `deadline_s`
+    per lookup (the source's default), `max_pages` per listing."""
+
+    clock: Clock | None
+    attempts: int
+    max_wait_s: float
+    timeout_s: float
+    deadline_s: float
+    max_pages: int
+
+
 class _ApiSource:
     """Lookup through pyzotero, shared by the local and web API."""
 
     name: str
+    DEFAULT_TIMEOUT_S: ClassVar[float]
+    DEFAULT_DEADLINE_S: ClassVar[float]
     _unreachable: str
     _forbidden: str
     _not_found: str
@@ -226,14 +242,18 @@ class _ApiSource:
         api_key: str | None,
         local: bool,
         base_url: str,
-        clock: Clock,
-        attempts: int,
-        max_wait_s: float,
-        timeout_s: float,
-        deadline_s: float,
-        max_pages: int,
+        clock: Clock | None = None,
+        attempts: int = 3,
+        max_wait_s: float = 60.0,
+        timeout_s: float | None = None,
+        deadline_s: float | None = None,
+        max_pages: int = 100,
     ):
         from pyzotero import Zotero  # 0.2 s; only commands that reach Zotero pay it
+
+        clock = clock or SystemClock()
+        timeout_s = self.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+        deadline_s = self.DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
 
         self._deadline = _Deadline(clock, deadline_s)
         self._max_pages = max_pages
@@ -297,7 +317,10 @@ class _ApiSource:
             keys = [entry["key"] for entry in page]
             if page and keys == previous:
                 raise _Paging(f"the server sent the same page again for start={start}: it ignores paging")
-            total = int(self._zot.request.headers.get("Total-Results", 0))
+            response = self._zot.request  # the page's HTTP response: pyzotero keeps the last one
+            if response is None:
+                raise ValueError("a listing returned without an HTTP response")
+            total = int(response.headers.get("Total-Results", 0))
             yield from page
             start, previous = start + len(page), keys
             if not page or start >= total:
@@ -346,31 +369,11 @@ class LocalApiSource(_ApiSource):
     """The local API of a running Zotero 7 (Settings → Advanced must allow other apps)."""
 
     name = "local"
+    DEFAULT_TIMEOUT_S = 10.0
+    DEFAULT_DEADLINE_S = 60.0
 
-    def __init__(
-        self,
-        *,
-        base_url: str = LOCAL_API_URL,
-        clock: Clock | None = None,
-        attempts: int = 3,
-        max_wait_s: float = 60.0,
-        timeout_s: float = 10.0,
-        deadline_s: float = 60.0,
-        max_pages: int = 100,
-    ):
-        super().__init__(
-            library_id="0",
-            library_type="user",
-            api_key=None,
-            local=True,
-            base_url=base_url,
-            clock=clock or SystemClock(),
-            attempts=attempts,
-            max_wait_s=max_wait_s,
-            timeout_s=timeout_s,
-            deadline_s=deadline_s,
-            max_pages=max_pages,
-        )
+    def __init__(self, *, base_url: str = LOCAL_API_URL, **limits: Unpack[Limits]):
+        super().__init__(library_id="0", library_type="user", api_key=None, local=True, base_url=base_url, **limits)
         self._unreachable = f"Zotero is not running or not reachable at {self.base_url}: {_ENABLE_LOCAL_API}"
         self._forbidden = f"Zotero refused the local API at {self.base_url}: {_ENABLE_LOCAL_API}"
         self._not_found = f"no local API at {self.base_url}: it needs Zotero 7 or later"
@@ -380,6 +383,8 @@ class WebApiSource(_ApiSource):
     """The zotero.org web API for a user or group library."""
 
     name = "web"
+    DEFAULT_TIMEOUT_S = 30.0
+    DEFAULT_DEADLINE_S = 120.0
 
     def __init__(
         self,
@@ -388,12 +393,7 @@ class WebApiSource(_ApiSource):
         api_key: str | None,
         library_type: str = "user",
         base_url: str = WEB_API_URL,
-        clock: Clock | None = None,
-        attempts: int = 3,
-        max_wait_s: float = 60.0,
-        timeout_s: float = 30.0,
-        deadline_s: float = 120.0,
-        max_pages: int = 100,
+        **limits: Unpack[Limits],
     ):
         super().__init__(
             library_id=library_id,
@@ -401,12 +401,7 @@ class WebApiSource(_ApiSource):
             api_key=api_key,
             local=False,
             base_url=base_url,
-            clock=clock or SystemClock(),
-            attempts=attempts,
-            max_wait_s=max_wait_s,
-            timeout_s=timeout_s,
-            deadline_s=deadline_s,
-            max_pages=max_pages,
+            **limits,
         )
         library = f"{library_type} library {library_id}"
         self._unreachable = f"cannot reach the Zotero web API at {self.base_url}"

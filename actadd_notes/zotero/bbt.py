@@ -125,11 +125,16 @@ def _item_from_csl(data: dict[str, Any]) -> ZoteroItem:
         date=date,
         year=year_of(date),
         abstract=data.get("abstract", ""),
-        tags=tuple(t.strip() for t in data.get("keyword", "").split(",") if t.strip()),
+        tags=_keywords(data.get("keyword", "")),
         doi=data.get("DOI", ""),
         url=data.get("URL", ""),
         publication=data.get("container-title", ""),
     )
+
+
+def _keywords(text: str) -> tuple[str, ...]:
+    """Tags from a comma-separated keyword field (CSL `keyword`, BibLaTeX `keywords`)."""
+    return tuple(tag.strip() for tag in text.split(",") if tag.strip())
 
 
 def _csl_date(issued: dict[str, Any]) -> str:
@@ -190,7 +195,7 @@ def _items_from_bibtex(text: str) -> list[ZoteroItem]:
                 date=date,
                 year=year_of(date),
                 abstract=field.get("abstract", ""),
-                tags=tuple(t.strip() for t in field.get("keywords", "").split(",") if t.strip()),
+                tags=_keywords(field.get("keywords", "")),
                 doi=field.get("doi", ""),
                 url=field.get("url", ""),
                 publication=next(

@@ -100,7 +100,10 @@ class ZoteroItem:
 class ZoteroSource(Protocol):
     """Somewhere items can be looked up by citekey."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """What messages and `doctor` call the source: `local`, `web`, `bbt` or `bbt:<export file name>`."""
+        ...
 
     def find(self, citekey: str) -> ZoteroItem:
         """The item with this citekey; ZoteroError if unknown or the source is unusable."""
