@@ -12,10 +12,14 @@ from transformers import LogitsProcessorList
 
 from actadd_notes.errors import SteeringError
 from actadd_notes.steering.sampling import (
+    TOP_P_METHODS,
     FrequencyPenalty,
     Sampling,
     SeededGumbelSampler,
+    _nucleus_radix,
     logits_processors,
+    sample_tokens,
+    token_counts,
     uniform_noise,
 )
 
@@ -182,3 +186,122 @@ def test_bad_sampling_settings_are_refused(kwargs, message):
         Sampling(**kwargs)
     with pytest.raises(SteeringError, match=message):
         tiny_lm().complete(["Hi"], max_new_tokens=1, **kwargs)
+
+
+# ------------------------------------------------------------------ sample_tokens: the decode loop's sampler
+def hf_tokens(sampling: Sampling, input_ids, scores, seeds, pads) -> torch.Tensor:
+    """The eager path's pick: transformers' processors (via `logits_processors`), then greedy argmax."""
+    return logits_processors(sampling, seeds, pads)(input_ids, scores.clone()).argmax(dim=-1)
+
+
+def fast_tokens(sampling: Sampling, input_ids, scores, seeds, pads, method, dense=True) -> torch.Tensor:
+    pad_t = torch.tensor(pads)
+    counts = token_counts(input_ids, pad_t, scores)
+    positions = input_ids.shape[1] - pad_t
+    return sample_tokens(
+        scores.clone(),
+        sampling,
+        seeds=torch.tensor(seeds),
+        positions=positions,
+        counts=counts,
+        top_p_method=method,
+        dense_noise=dense,
+    )
+
+
+def random_case(rows: int, vocab: int, width: int, spread: float, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (rows, width), generator=generator)
+    pads = torch.randint(0, width // 2, (rows,), generator=generator).tolist()
+    for row, pad in enumerate(pads):
+        input_ids[row, :pad] = 0
+    scores = torch.randn(rows, vocab, generator=generator) * spread
+    seeds = torch.randint(0, 2**31, (rows,), generator=generator).tolist()
+    return input_ids, scores, seeds, pads
+
+
+SETTINGS = [
+    Sampling(),
+    Sampling(temperature=0),
+    Sampling(top_p=0.3, freq_penalty=1.0),  # the paper's
+    Sampling(temperature=0.7, top_p=0.9),
+    Sampling(temperature=1.3, top_k=40, freq_penalty=0.5),
+    Sampling(top_k=7, top_p=0.5),
+    Sampling(top_p=0.02),
+    Sampling(top_p=0.999, freq_penalty=-0.3),
+]
+
+
+@pytest.mark.parametrize("method", TOP_P_METHODS)
+@pytest.mark.parametrize("sampling", SETTINGS, ids=repr)
+@pytest.mark.parametrize("spread", [0.5, 3.0, 12.0])  # flat (thousands kept) to peaked (one or two kept)
+def test_sample_tokens_picks_what_the_processors_pick(method, sampling, spread):
+    input_ids, scores, seeds, pads = random_case(rows=48, vocab=3000, width=12, spread=spread, seed=int(spread * 10))
+    want = hf_tokens(sampling, input_ids, scores, seeds, pads)
+    for dense in (True, False):
+        got = fast_tokens(sampling, input_ids, scores, seeds, pads, method, dense)
+        assert torch.equal(got, want), (method, dense)
+
+
+@pytest.mark.parametrize("top_p", [0.01, 0.1, 0.3, 0.5, 0.9, 0.99, 0.9999])
+@pytest.mark.parametrize("spread", [0.2, 1.0, 4.0, 20.0])
+def test_radix_nucleus_is_the_sorted_nucleus(top_p, spread):
+    generator = torch.Generator().manual_seed(int(top_p * 1000 + spread))
+    scores = torch.randn(64, 5000, generator=generator) * spread
+    scores[:8, ::3] = -torch.inf  # rows already cut by top-k: -inf never enters the nucleus
+    scores[8:12] += 100.0  # far from zero: the order key's exponent bits differ from the other rows'
+    scores[12:16] -= 100.0
+    want = torch.isfinite(TopPLogitsWarperReference(top_p)(scores.clone()))
+    assert torch.equal(_nucleus_radix(scores, top_p), want)
+    kept = want.sum(dim=-1)
+    assert kept.min() >= 1
+    if spread <= 1.0 and top_p >= 0.3:
+        assert kept.min() > 100  # a flat row keeps a large nucleus: no small fixed-size prefilter would hold it
+
+
+def TopPLogitsWarperReference(top_p):
+    from transformers import TopPLogitsWarper
+
+    warper = TopPLogitsWarper(top_p)
+    return lambda scores: warper(None, scores)
+
+
+def test_radix_nucleus_of_a_row_does_not_depend_on_its_batch():
+    scores = torch.randn(40, 2000, generator=torch.Generator().manual_seed(7))
+    batched = _nucleus_radix(scores, 0.3)
+    for row in range(0, 40, 7):
+        assert torch.equal(_nucleus_radix(scores[row : row + 1], 0.3)[0], batched[row])
+        assert torch.equal(_nucleus_radix(scores[row:], 0.3)[0], batched[row])
+
+
+def test_radix_nucleus_keeps_exact_ties_together():
+    # probabilities 0.4, 0.2, 0.2, 0.1, 0.1: top-p 0.5 needs one of the tied 0.2s; the sort keeps the one it
+    # orders last, the radix method both (a deterministic rule; exact ties are rare in float32)
+    scores = torch.log(torch.tensor([[0.4, 0.2, 0.2, 0.1, 0.1]]))
+    assert _nucleus_radix(scores, 0.5).tolist() == [[True, True, True, False, False]]
+    assert torch.isfinite(TopPLogitsWarperReference(0.5)(scores.clone())).sum() == 2
+    assert _nucleus_radix(scores, 0.4).tolist() == [[True, False, False, False, False]]
+
+
+def test_sample_tokens_follows_the_counts_it_is_given():
+    """The decode loop keeps counts incrementally; they must be exactly what the processors recount."""
+    input_ids, scores, seeds, pads = random_case(rows=16, vocab=500, width=20, spread=2.0, seed=3)
+    sampling = Sampling(top_p=0.8, freq_penalty=2.0)
+    pad_t = torch.tensor(pads)
+    counts = token_counts(input_ids[:, :10], pad_t, scores)
+    for column in range(10, 20):  # add the later tokens one at a time, as the loop does
+        counts.scatter_add_(1, input_ids[:, column : column + 1], torch.ones(16, 1))
+    assert torch.equal(counts, token_counts(input_ids, pad_t, scores))
+    got = sample_tokens(
+        scores, sampling, seeds=torch.tensor(seeds), positions=20 - pad_t, counts=counts, top_p_method="radix"
+    )
+    assert torch.equal(got, hf_tokens(sampling, input_ids, scores, seeds, pads))
+
+
+def test_sample_tokens_refuses_a_penalty_without_counts_and_an_unknown_method():
+    scores = torch.randn(2, 10)
+    common = {"seeds": torch.tensor([1, 2]), "positions": torch.tensor([3, 3])}
+    with pytest.raises(SteeringError, match="needs the token counts"):
+        sample_tokens(scores, Sampling(freq_penalty=1.0), **common)
+    with pytest.raises(SteeringError, match="top_p_method: 'heap'"):
+        sample_tokens(scores, Sampling(top_p=0.5), top_p_method="heap", **common)

@@ -34,6 +34,10 @@ BLOCK_PATHS = (
 
 POSITIONS = ("front", "all")
 
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+PreHook = Callable[[nn.Module, Args, Kwargs], "tuple[Args, Kwargs] | None"]
+
 # set while extracting activations: a vector computed inside a steering block must not be steered
 _SUSPENDED: ContextVar[bool] = ContextVar("actadd_steering_suspended", default=False)
 
@@ -68,11 +72,12 @@ def find_blocks(model: nn.Module, block_path: str | None = None) -> tuple[str, n
     )
 
 
-def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
+def _hidden_of(args: Args, kwargs: Kwargs) -> torch.Tensor:
+    hidden: torch.Tensor = args[0] if args else kwargs["hidden_states"]
+    return hidden
 
 
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+def _with_hidden(args: Args, kwargs: Kwargs, hidden: torch.Tensor) -> tuple[Args, Kwargs]:
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
@@ -94,8 +99,8 @@ def recording_block_inputs(blocks: nn.ModuleList, layers: Sequence[int]) -> Iter
             handle.remove()
 
 
-def _make_record_hook(captured: dict[int, torch.Tensor], layer: int) -> Callable:
-    def hook(module, args, kwargs):
+def _make_record_hook(captured: dict[int, torch.Tensor], layer: int) -> PreHook:
+    def hook(module: nn.Module, args: Args, kwargs: Kwargs) -> None:
         captured[layer] = _hidden_of(args, kwargs).detach()
 
     return hook
@@ -138,10 +143,10 @@ class _CallState:
     past: int = 0
     length: int = 0
     starts: tuple[int, ...] = ()
-    deltas: dict[int, torch.Tensor] = field(default_factory=dict)
+    deltas: dict[int, torch.Tensor | None] = field(default_factory=dict)
 
 
-def _cache_length(kwargs: dict) -> int:
+def _cache_length(kwargs: Kwargs) -> int:
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is None:
         return 0
@@ -150,13 +155,12 @@ def _cache_length(kwargs: dict) -> int:
     return int(cache[0][0].shape[-2])  # legacy tuple caches
 
 
-def _make_position_hook(state: _CallState, plan: SteeringPlan) -> Callable:
-    def hook(module, args, kwargs):
+def _make_position_hook(state: _CallState, plan: SteeringPlan) -> PreHook:
+    def hook(module: nn.Module, args: Args, kwargs: Kwargs) -> None:
         if _SUSPENDED.get():
             return
         tokens = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        shape = tokens.shape if tokens is not None else embeds.shape
+        shape = tokens.shape if tokens is not None else kwargs["inputs_embeds"].shape
         batch, length = int(shape[0]), int(shape[1])
         state.past, state.length = _cache_length(kwargs), length
         if state.past == 0:
@@ -170,7 +174,9 @@ def _make_position_hook(state: _CallState, plan: SteeringPlan) -> Callable:
     return hook
 
 
-def _starts_from_batch(tokens, mask, bos_id: int | None, batch: int, length: int) -> tuple[int, ...]:
+def _starts_from_batch(
+    tokens: torch.Tensor | None, mask: torch.Tensor | None, bos_id: int | None, batch: int, length: int
+) -> tuple[int, ...]:
     if mask is None:
         first = torch.zeros(batch, dtype=torch.long)
     else:
@@ -182,6 +188,37 @@ def _starts_from_batch(tokens, mask, bos_id: int | None, batch: int, length: int
     return tuple(starts)
 
 
+_Groups = dict[int, tuple[SteeringVector, list[int]]]
+
+
+def _groups_at(plan: SteeringPlan, layer: int, batch: int) -> _Groups:
+    """The vectors at `layer`, each with the rows it steers (keyed by vector object)."""
+    groups: _Groups = {}
+    for row in range(batch):
+        for vector in plan.vectors_for_row(row):
+            if vector.layer == layer:
+                groups.setdefault(id(vector), (vector, []))[1].append(row)
+    return groups
+
+
+def _everywhere_delta(groups: _Groups, batch: int, like: torch.Tensor) -> torch.Tensor:
+    delta = like.new_zeros(batch, like.shape[-1])
+    for vector, rows in groups.values():
+        mean = vector.scaled().mean(dim=0).to(like)
+        delta.index_add_(0, torch.tensor(rows, device=like.device), mean.expand(len(rows), -1))
+    return delta
+
+
+def everywhere_deltas(plan: SteeringPlan, batch: int, like: torch.Tensor) -> dict[int, torch.Tensor]:
+    """`position: all`: the [batch, d] addition of each steered layer, exactly as the hooks build it."""
+    deltas = {}
+    for layer in plan.layers:
+        groups = _groups_at(plan, layer, batch)
+        if groups:
+            deltas[layer] = _everywhere_delta(groups, batch, like)
+    return deltas
+
+
 def _build_delta(
     plan: SteeringPlan, layer: int, state: _CallState, batch: int, like: torch.Tensor
 ) -> torch.Tensor | None:
@@ -189,20 +226,12 @@ def _build_delta(
 
     Rows sharing a vector object are written with one indexed add, so a 560-row sweep over
     35 settings costs 35 small kernels per layer at prefill, not 560."""
-    groups: dict[int, tuple[SteeringVector, list[int]]] = {}
-    for row in range(batch):
-        for vector in plan.vectors_for_row(row):
-            if vector.layer == layer:
-                groups.setdefault(id(vector), (vector, []))[1].append(row)
+    groups = _groups_at(plan, layer, batch)
     if not groups:
         return None
     device, width = like.device, like.shape[-1]
     if plan.position == "all":
-        delta = like.new_zeros(batch, width)
-        for vector, rows in groups.values():
-            mean = vector.scaled().mean(dim=0).to(like)
-            delta.index_add_(0, torch.tensor(rows, device=device), mean.expand(len(rows), -1))
-        return delta
+        return _everywhere_delta(groups, batch, like)
     for vector, rows in groups.values():
         short = [row for row in rows if state.starts[row] + vector.positions > state.length]
         if short:
@@ -223,8 +252,8 @@ def _build_delta(
     return delta
 
 
-def _make_add_hook(plan: SteeringPlan, state: _CallState, layer: int) -> Callable:
-    def hook(module, args, kwargs):
+def _make_add_hook(plan: SteeringPlan, state: _CallState, layer: int) -> PreHook:
+    def hook(module: nn.Module, args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs] | None:
         if _SUSPENDED.get():
             return None
         hidden = _hidden_of(args, kwargs)
@@ -259,6 +288,35 @@ def steering_hooks(model: nn.Module, blocks: nn.ModuleList, plan: SteeringPlan) 
             handles.append(
                 blocks[layer].register_forward_pre_hook(_make_add_hook(plan, state, layer), with_kwargs=True)
             )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ------------------------------------------------------------------ the decode loop's per-row deltas
+def delta_hooks(deltas: torch.Tensor) -> list[PreHook]:
+    """One pre-hook per block adding `deltas[layer][:, None, :]` to its input ([layers, batch, d], filled by
+    the caller). The decode loop's `position: all`: the hooks read the buffer when called, so a step traced
+    or captured once serves every setting, and rows of zeros stay bit-identical."""
+    return [_make_delta_hook(deltas, layer) for layer in range(deltas.shape[0])]
+
+
+def _make_delta_hook(deltas: torch.Tensor, layer: int) -> PreHook:
+    def hook(module: nn.Module, args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs]:
+        hidden = _hidden_of(args, kwargs)
+        return _with_hidden(args, kwargs, hidden + deltas[layer][:, None, :])
+
+    return hook
+
+
+@contextmanager
+def pre_hooks_installed(blocks: nn.ModuleList, hooks: Sequence[PreHook]) -> Iterator[None]:
+    """Install `hooks[i]` on `blocks[i]` (with kwargs); all come off on exit, also on exceptions."""
+    handles = []
+    try:
+        for block, hook in zip(blocks, hooks, strict=True):
+            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
         yield
     finally:
         for handle in handles:

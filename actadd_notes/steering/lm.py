@@ -16,15 +16,18 @@ import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from actadd_notes.errors import ModelError, SteeringError
+from actadd_notes.steering.batching import BatchPlan, DeviceSpec, ModelShape, fixed, generation_plan, scoring_plan
+from actadd_notes.steering.decode import DECODE_MODES, DecodeCompileError, DecodeMode, Decoder, decode_support
 from actadd_notes.steering.hooks import (
     SteeringPlan,
+    everywhere_deltas,
     find_blocks,
     recording_block_inputs,
     steering_hooks,
@@ -36,8 +39,8 @@ from actadd_notes.steering.vectors import ActAdd, SteeringVector
 Addition = ActAdd | SteeringVector
 Steer = None | Addition | Sequence[Addition] | Sequence[Sequence[Addition] | None]
 Progress = Callable[[int, int], None]
-
-DEFAULT_BATCH_SIZE = 64
+PerRow = list[tuple[SteeringVector, ...]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,48 @@ class Completion:
     seed: int
 
 
-def _default_prepend_bos(tokenizer) -> bool:
+@dataclass(frozen=True)
+class GenerationRecord:
+    """How the last `complete` (or `perplexities`) call ran: what a re-run must match to reproduce bf16 rows."""
+
+    call: str  # "complete" or "perplexities"
+    decode: str  # "compiled", "static", "eager" or "forward" (scoring)
+    reason: str  # why that decode path
+    batches: tuple[int, ...]  # rows per forward pass, in order, as run
+    plan: str  # what the batch limit came from
+    halved: bool  # out-of-memory halving changed the plan
+    dtype: str
+    device: str
+    sampler: str
+
+    def to_record(self) -> dict[str, str]:
+        """Flat strings for a results' reproducibility record, keys prefixed by the call."""
+        prefix = "generation" if self.call == "complete" else "scoring"
+        return {
+            f"{prefix}_decode": self.decode,
+            f"{prefix}_decode_reason": self.reason,
+            f"{prefix}_batches": _runs(self.batches),
+            f"{prefix}_batch_plan": self.plan + (" — halved after running out of memory" if self.halved else ""),
+            f"{prefix}_dtype": self.dtype,
+            f"{prefix}_device": self.device,
+            f"{prefix}_sampler": self.sampler,
+        }
+
+
+def _runs(sizes: Sequence[int]) -> str:
+    """`64×6 + 36`: batch sizes with repeats folded."""
+    parts: list[str] = []
+    index = 0
+    while index < len(sizes):
+        count = 1
+        while index + count < len(sizes) and sizes[index + count] == sizes[index]:
+            count += 1
+        parts.append(f"{sizes[index]}×{count}" if count > 1 else str(sizes[index]))
+        index += count
+    return " + ".join(parts) or "0"
+
+
+def _default_prepend_bos(tokenizer: Any) -> bool:
     """Follow the tokenizer (Llama, Gemma, Mistral add BOS; SmolLM2, Qwen don't), except GPT-2-style
     tokenizers whose BOS is `<|endoftext|>`: TransformerLens, which the ActAdd reference code used,
     prepends it there."""
@@ -66,34 +110,46 @@ def _default_prepend_bos(tokenizer) -> bool:
     ids = tokenizer("a").input_ids
     if ids and ids[0] == tokenizer.bos_token_id:
         return True
-    return tokenizer.bos_token == tokenizer.eos_token == "<|endoftext|>"
+    return bool(tokenizer.bos_token == tokenizer.eos_token == "<|endoftext|>")
 
 
 class SteerableLM:
-    """A causal LM with ActAdd steering: vectors, a steering context, batched generation, scores."""
+    """A causal LM with ActAdd steering: vectors, a steering context, batched generation, scores.
+
+    `model` is a transformers causal LM and `tokenizer` its tokenizer (typed loosely: their attributes
+    differ by family). `compile_backend` is the `torch.compile` backend of `decode="compiled"`.
+    """
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: Any,
+        tokenizer: Any,
         *,
         name: str | None = None,
         block_path: str | None = None,
         prepend_bos: bool | None = None,
         vector_cache_size: int = 64,
+        compile_backend: str = "inductor",
     ):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.model: Any = model.eval()
+        self.tokenizer: Any = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.block_path, self.blocks = find_blocks(model, block_path)
         self.prepend_bos = _default_prepend_bos(tokenizer) if prepend_bos is None else prepend_bos
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise ModelError(f"{self.name}: the tokenizer has neither a pad nor an EOS token")
-        self._vectors: OrderedDict[tuple, tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = OrderedDict()
+        self._vectors: OrderedDict[tuple[str, str, str], tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = (
+            OrderedDict()
+        )
         self._vector_cache_size = vector_cache_size
         self._fingerprint: str | None = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.compile_backend = compile_backend
+        self._decoders: dict[str, Decoder] = {}
+        self._decode_failures: dict[str, str] = {}  # path → why compiling or capturing its step failed
+        self.last_generation: GenerationRecord | None = None
+        self.last_scoring: GenerationRecord | None = None
 
     # ----------------------------------------------------------------- facts
     @property
@@ -102,11 +158,13 @@ class SteerableLM:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        device: torch.device = self.model.get_input_embeddings().weight.device
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        dtype: torch.dtype = self.model.get_input_embeddings().weight.dtype
+        return dtype
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
@@ -155,17 +213,29 @@ class SteerableLM:
 
     def _encode_chat(self, prompt: str) -> EncodedPrompt:
         """Wrap in the chat template; the content start is the user's message, not the system prompt."""
+        text, char_start = self._chat_text(prompt)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = next(i for i, (_, end) in enumerate(encoding["offset_mapping"]) if end > char_start)
+        return EncodedPrompt(tuple(encoding["input_ids"]), start)
+
+    def _chat_text(self, prompt: str) -> tuple[str, int]:
+        """The prompt inside the chat template, and the character where the user's message starts."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise SteeringError(f"{self.short_name} has no chat template — set chat: false")
         sentinel = "\ue000"
         marked = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True
         )
-        char_start = marked.index(sentinel)
-        text = marked.replace(sentinel, prompt)
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        start = next(i for i, (_, end) in enumerate(encoding["offset_mapping"]) if end > char_start)
-        return EncodedPrompt(tuple(encoding["input_ids"]), start)
+        return marked.replace(sentinel, prompt), marked.index(sentinel)
+
+    def token_offset(self, prompt: str, text: str, *, chat: bool = False) -> int:
+        """How many tokens after the prompt's first content token `text` first begins: the offset
+        that aligns a front addition on it. ValueError when the prompt does not contain `text`."""
+        at = prompt.index(text)
+        full, base = self._chat_text(prompt) if chat else (prompt, 0)
+        spans = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        first = next(i for i, (_, end) in enumerate(spans) if end > base)
+        return next(i for i, (_, end) in enumerate(spans) if end > base + at) - first
 
     def _pad_id_of(self, pad_token: str) -> int:
         ids = self.tokenizer.encode(pad_token, add_special_tokens=False)
@@ -173,7 +243,7 @@ class SteerableLM:
             raise SteeringError(
                 f"pad_token {pad_token!r} is {len(ids)} tokens for {self.short_name}; it must be exactly one"
             )
-        return ids[0]
+        return int(ids[0])
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         width = max(len(r) for r in rows)
@@ -215,8 +285,11 @@ class SteerableLM:
                 self._vectors.popitem(last=False)
         self._vectors.move_to_end(key)
         per_layer, add_ids, sub_ids = self._vectors[key]
+        vector = per_layer[addition.layer]
+        if addition.offset:  # zero rows first: a front addition then starts `offset` positions later
+            vector = torch.cat([vector.new_zeros(addition.offset, vector.shape[-1]), vector])
         return SteeringVector(
-            vector=per_layer[addition.layer],
+            vector=vector,
             layer=addition.layer,
             coeff=float(addition.coeff),
             prompt_add=addition.prompt_add,
@@ -225,6 +298,7 @@ class SteerableLM:
             add_ids=add_ids,
             sub_ids=sub_ids,
             provenance={**self.provenance(), "prepend_bos": str(self.prepend_bos)},
+            offset=addition.offset,
         )
 
     def _resolve(
@@ -251,21 +325,21 @@ class SteerableLM:
                 raise SteeringError(f"cannot steer with {type(addition).__name__}: give ActAdd or SteeringVector")
         return tuple(resolved)
 
-    def _per_row(self, steer: Steer, rows: int) -> list[tuple[SteeringVector, ...]] | None:
+    def _per_row(self, steer: Steer, rows: int) -> PerRow | None:
         """Normalise the three accepted forms of `steer` to one tuple of vectors per row."""
         if steer is None:
             return None
         if isinstance(steer, (ActAdd, SteeringVector)):
             return [self._resolve([steer])] * rows
-        steer = list(steer)
-        if all(isinstance(s, (ActAdd, SteeringVector)) for s in steer):
-            shared = self._resolve(steer)
+        entries: list[Any] = list(steer)
+        if all(isinstance(s, (ActAdd, SteeringVector)) for s in entries):
+            shared = self._resolve(entries)
             return [shared] * rows
-        if len(steer) != rows:
-            raise SteeringError(f"steer gives {len(steer)} per-row entries for {rows} prompts; they must match")
-        per_row = []
+        if len(entries) != rows:
+            raise SteeringError(f"steer gives {len(entries)} per-row entries for {rows} prompts; they must match")
+        per_row: PerRow = []
         memo: dict[ActAdd, SteeringVector] = {}
-        for index, entry in enumerate(steer):
+        for index, entry in enumerate(entries):
             if entry is None:
                 per_row.append(())
             elif isinstance(entry, (list, tuple)):
@@ -277,7 +351,7 @@ class SteerableLM:
         return per_row
 
     @contextmanager
-    def steering(self, *additions: Addition, position: str = "front") -> Iterator[SteeringVector]:
+    def steering(self, *additions: Addition, position: str = "front") -> Iterator[tuple[SteeringVector, ...]]:
         """Steer every forward pass inside the block, whoever calls the model.
 
         Front alignment comes from each batch's attention mask (first real token, after BOS).
@@ -297,7 +371,7 @@ class SteerableLM:
         (the LM head over a large vocabulary dominates the cost of scoring)."""
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         extra = {"logits_to_keep": keep} if keep and self._keeps_logits else {}
-        logits = self.model(
+        logits: torch.Tensor = self.model(
             input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra
         ).logits
         return logits[:, -keep:] if keep else logits
@@ -312,7 +386,9 @@ class SteerableLM:
         with torch.inference_mode(), self._applied(per_row, encoded, pads, position):
             return self._forward_logits(ids, mask, keep=1)[:, -1].float()
 
-    def _applied(self, per_row, encoded: Sequence[EncodedPrompt], pads: Sequence[int], position: str):
+    def _applied(
+        self, per_row: PerRow | None, encoded: Sequence[EncodedPrompt], pads: Sequence[int], position: str
+    ) -> AbstractContextManager[None]:
         if per_row is None or not any(per_row):
             return nullcontext()
         starts = tuple(p + e.start for p, e in zip(pads, encoded))
@@ -330,71 +406,222 @@ class SteerableLM:
         chat: bool = False,
         position: str = "front",
         batch_size: int | None = None,
+        decode: DecodeMode = "auto",
         progress: Progress | None = None,
         **sampling: Any,
     ) -> list[Completion]:
         """Sample one completion per prompt; row r uses `seeds[r]` (default `seed + r`).
 
-        Sampling keywords: temperature, top_p, top_k, freq_penalty (see `Sampling`). Rows run in
-        batches of `batch_size` (halved and retried on out-of-memory); `progress(done, total)` is
-        called after each batch and may raise to cancel.
+        Sampling keywords: temperature, top_p, top_k, freq_penalty (see `Sampling`). `batch_size` None
+        plans batches from the request and the device's total memory (`batching.py`); rows run in those
+        batches (halved and retried on out-of-memory). `decode`: `auto` (the static loop, captured as
+        CUDA graphs on CUDA; `generate` where unsupported), `compiled` (steps compiled with
+        `compile_backend`: the fastest per step once compiled), `static` or `eager` (transformers'
+        `generate`); `last_generation` records what ran. `progress(done, total)` is called after each
+        batch and may raise to cancel.
         """
         settings = Sampling(**sampling)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise SteeringError(f"max_new_tokens: {max_new_tokens!r} must be a whole number ≥ 1")
+        if decode not in DECODE_MODES:
+            raise SteeringError(f"decode: {decode!r} — expected one of {', '.join(DECODE_MODES)}")
         if seeds is None:
             seeds = [seed + row for row in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise SteeringError(f"{len(seeds)} seeds for {len(prompts)} prompts; they must match")
         encoded = [self.encode(p, chat=chat) for p in prompts]
         per_row = self._per_row(steer, len(prompts))
-        return self._in_batches(
-            len(prompts),
+        SteeringPlan(position=position)  # refuse a bad position before any forward pass
+        longest = max((len(e.ids) for e in encoded), default=0)
+        path, reason = self._decode_path(decode, longest + max_new_tokens)
+        plan = self._plan(
             batch_size,
-            lambda chunk: self._complete_batch(
-                prompts[chunk],
-                encoded[chunk],
-                list(seeds[chunk]),
-                per_row[chunk] if per_row else None,
-                settings,
-                max_new_tokens,
-                position,
-            ),
-            progress,
+            len(prompts),
+            lambda shape, device: generation_plan(len(prompts), longest, max_new_tokens, shape, device),
         )
+        paths: list[tuple[str, str]] = []
+
+        def run(chunk: slice) -> list[Completion]:
+            nonlocal path, reason
+            rows = (prompts[chunk], encoded[chunk], list(seeds[chunk]), per_row[chunk] if per_row else None)
+            if path != "eager":
+                try:
+                    done = self._complete_batch_static(self._decoder(path), *rows, settings, max_new_tokens, position)
+                    paths.append((path, reason))
+                    return done
+                except DecodeCompileError as error:
+                    self._decode_failures[path] = str(error)
+                    path, reason = "eager", f"the {path} decode step failed to build: {error}"
+            paths.append((path, reason))
+            return self._complete_batch_eager(*rows, settings, max_new_tokens, position)
+
+        results, sizes = self._in_batches(len(prompts), plan, run, progress)
+        final_path, final_reason = paths[-1] if paths else (path, reason)
+        if len(set(paths)) > 1:
+            final_reason = "; then ".join(f"{p}: {r}" for p, r in dict.fromkeys(paths))
+        self.last_generation = GenerationRecord(
+            call="complete",
+            decode=final_path,
+            reason=final_reason,
+            batches=sizes,
+            plan=plan.basis,
+            halved=sizes != plan.sizes,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=_device_name(self.device),
+            sampler=self._sampler_name(final_path, settings),
+        )
+        return results
+
+    def _decode_path(self, mode: DecodeMode, positions: int) -> tuple[str, str]:
+        """The decode path of a call and why. `auto` is the static loop wherever it is supported: never a
+        choice that depends on what this process compiled before (bf16 tokens depend on the path)."""
+        if mode == "eager":
+            return "eager", "decode: eager"
+        unsupported = decode_support(self.model, positions)
+        if unsupported is not None:
+            return "eager", unsupported
+        kind = self.device.type
+        if mode == "auto" and kind not in ("cuda", "cpu"):
+            return "eager", f"{kind}: the static loop is tested on CUDA and the CPU only"
+        path = "static" if mode == "auto" else mode
+        if path in self._decode_failures:
+            return "eager", f"the {path} decode step failed to build earlier: {self._decode_failures[path]}"
+        if mode == "auto" and kind == "cuda":
+            return "static", (
+                "CUDA: static cache, eager kernels captured as CUDA graphs (decode: compiled is faster per "
+                "step but compiles 40–70 s per shape)"
+            )
+        if mode == "auto":
+            return "static", "CPU: static cache, steps not compiled (compiling costs more than it saves here)"
+        return path, f"decode: {path} ({self._decoder(path).description})"
+
+    def _decoder(self, path: str) -> Decoder:
+        if path not in self._decoders:
+            backend = self.compile_backend if path == "compiled" else None
+            self._decoders[path] = Decoder(self.model, self.blocks, backend=backend)
+        return self._decoders[path]
+
+    def _sampler_name(self, path: str, settings: Sampling) -> str:
+        if path == "eager":
+            return "transformers logits processors + seeded Gumbel"
+        if settings.temperature == 0:
+            return "greedy"
+        decoder = self._decoder(path)
+        noise = "dense" if decoder.dense_noise else "sparse"
+        top_p = f"{decoder.top_p_method} top-p" if settings.top_p < 1 else "no top-p"
+        return f"sample_tokens ({top_p}, {noise} seeded Gumbel noise)"
+
+    def _plan(
+        self, batch_size: int | None, rows: int, auto: Callable[[ModelShape, DeviceSpec], BatchPlan]
+    ) -> BatchPlan:
+        if batch_size is None:
+            return auto(ModelShape.of(self.model, self.num_layers), DeviceSpec.of(self.device))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise SteeringError(f"batch_size: {batch_size!r} must be a whole number ≥ 1 (or None: automatic)")
+        return fixed(rows, batch_size)
 
     def _in_batches(
-        self, count: int, batch_size: int | None, run: Callable[[slice], list], progress: Progress | None = None
-    ) -> list:
-        """`run` over consecutive slices of `count` rows; out of memory halves the batch and retries."""
-        size = batch_size or DEFAULT_BATCH_SIZE
-        results: list = []
+        self, count: int, plan: BatchPlan, run: Callable[[slice], list[T]], progress: Progress | None = None
+    ) -> tuple[list[T], tuple[int, ...]]:
+        """`run` over consecutive batches as `plan` sizes them; out of memory halves the batch and retries
+        (and the rest runs at that size). Returns the results and the batch sizes as run."""
+        planned = list(plan.sizes)
+        results: list[T] = []
+        sizes: list[int] = []
         while len(results) < count:
-            chunk = slice(len(results), min(len(results) + size, count))
+            want = min(planned[0], count - len(results))
             try:
-                results.extend(run(chunk))
+                results.extend(run(slice(len(results), len(results) + want)))
             except torch.OutOfMemoryError as error:
-                if size == 1:
+                if want == 1:
                     raise ModelError(f"{self.short_name}: out of memory even with batch size 1") from error
-                size = max(1, size // 2)
                 _empty_cache(self.device)
+                left = count - len(results)
+                half = max(1, want // 2)
+                planned = [half] * (left // half) + ([left % half] if left % half else [])
                 continue
+            sizes.append(want)
+            planned.pop(0)
             if progress is not None:
                 progress(len(results), count)
-        return results
+        return results, tuple(sizes)
 
     def generate(self, prompts: Sequence[str], **kwargs: Any) -> list[str]:
         """Completion texts only; the arguments are those of `complete`."""
         return [c.text for c in self.complete(prompts, **kwargs)]
 
-    def _complete_batch(
-        self, prompts, encoded, seeds, per_row, settings: Sampling, max_new_tokens: int, position: str
+    def _completions(
+        self, prompts: Sequence[str], encoded: Sequence[EncodedPrompt], seeds: Sequence[int], new: list[list[int]]
     ) -> list[Completion]:
+        return [
+            Completion(prompt, self.tokenizer.decode(tokens, skip_special_tokens=True), e.ids, tuple(tokens), seed)
+            for prompt, e, seed, tokens in zip(prompts, encoded, seeds, new)
+        ]
+
+    def _complete_batch_static(
+        self,
+        decoder: Decoder,
+        prompts: Sequence[str],
+        encoded: Sequence[EncodedPrompt],
+        seeds: list[int],
+        per_row: PerRow | None,
+        settings: Sampling,
+        max_new_tokens: int,
+        position: str,
+    ) -> list[Completion]:
+        """Prefill with the steering hooks, then the decoder's own loop (`decode.py`).
+
+        Rows with the same prompt and the same vectors (the samples of one setting) have the same
+        prefill, so each distinct row is prefilled once and its keys and values serve all its copies."""
+        ids, mask, pads = self._left_pad([e.ids for e in encoded])
+        slots: dict[tuple[EncodedPrompt, tuple[int, ...]], int] = {}
+        source = [
+            slots.setdefault((e, tuple(id(v) for v in per_row[r]) if per_row else ()), len(slots))
+            for r, e in enumerate(encoded)
+        ]
+        distinct = [source.index(slot) for slot in range(len(slots))]
+        with torch.inference_mode():
+            with self._applied(
+                [per_row[r] for r in distinct] if per_row else None,
+                [encoded[r] for r in distinct],
+                [pads[r] for r in distinct],
+                position,
+            ):
+                logits, cache = decoder.prefill(ids[distinct], mask[distinct])
+            deltas: dict[int, torch.Tensor] = {}
+            if position == "all" and per_row is not None and any(per_row):
+                plan = SteeringPlan(rows=tuple(per_row), position="all")
+                deltas = everywhere_deltas(plan, len(encoded), self.model.get_input_embeddings().weight)
+            new = decoder.decode(
+                logits,
+                cache,
+                torch.tensor(source, device=ids.device),
+                ids,
+                pads,
+                seeds,
+                settings,
+                max_new_tokens,
+                self.tokenizer.eos_token_id,
+                deltas,
+            )
+        return self._completions(prompts, encoded, seeds, new)
+
+    def _complete_batch_eager(
+        self,
+        prompts: Sequence[str],
+        encoded: Sequence[EncodedPrompt],
+        seeds: list[int],
+        per_row: PerRow | None,
+        settings: Sampling,
+        max_new_tokens: int,
+        position: str,
+    ) -> list[Completion]:
+        """transformers' `generate` with the steering hooks and the seeded logits processors."""
         from transformers import GenerationConfig
 
         ids, mask, pads = self._left_pad([e.ids for e in encoded])
         eos = self.tokenizer.eos_token_id
-        config = GenerationConfig(
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_id,
@@ -408,18 +635,43 @@ class SteerableLM:
                 generation_config=config,
                 logits_processor=processors,
             )
-        completions = []
-        for row, prompt in enumerate(prompts):
-            new = output[row, ids.shape[1] :].tolist()
-            if eos is not None and eos in new:
-                new = new[: new.index(eos)]
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            completions.append(Completion(prompt, text, encoded[row].ids, tuple(new), seeds[row]))
-        return completions
+        new = []
+        for row in range(len(prompts)):
+            tokens = output[row, ids.shape[1] :].tolist()
+            new.append(tokens[: tokens.index(eos)] if eos is not None and eos in tokens else tokens)
+        return self._completions(prompts, encoded, seeds, new)
 
     def perplexities(self, completions: Sequence[Completion], *, batch_size: int | None = None) -> list[float]:
-        """Perplexity of each completion's tokens given its prompt, under the unsteered model."""
-        return self._in_batches(len(completions), batch_size, lambda chunk: self._perplexity_batch(completions[chunk]))
+        """Perplexity of each completion's tokens given its prompt, under the unsteered model.
+
+        `batch_size` None plans batches as `complete` does; `last_scoring` records them. The decode
+        loop's static buffers are freed first: the plan counts on the device's memory, not on
+        what generation left allocated."""
+        for decoder in self._decoders.values():
+            decoder.release()
+        _empty_cache(self.device)
+        length = max((len(c.prompt_ids) + len(c.token_ids) for c in completions), default=0)
+        kept = max((len(c.token_ids) for c in completions), default=0) + 1
+        plan = self._plan(
+            batch_size,
+            len(completions),
+            lambda shape, device: scoring_plan(len(completions), length, kept, shape, device),
+        )
+        values, sizes = self._in_batches(
+            len(completions), plan, lambda chunk: self._perplexity_batch(completions[chunk])
+        )
+        self.last_scoring = GenerationRecord(
+            call="perplexities",
+            decode="forward",
+            reason="one unsteered forward pass per batch",
+            batches=sizes,
+            plan=plan.basis,
+            halved=sizes != plan.sizes,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=_device_name(self.device),
+            sampler="none",
+        )
+        return values
 
     def _perplexity_batch(self, chunk: Sequence[Completion]) -> list[float]:
         ids, mask, _ = self._left_pad([c.prompt_ids + c.token_ids for c in chunk])

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -99,7 +100,7 @@ def embedded_model_dir() -> Path:
 
     folder = gguf.parent
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model until it no longer looks quantized
     model.hf_quantizer = None
     model.is_quantized = False
@@ -127,7 +128,7 @@ def load_model(
     *,
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
-    device_map: str | dict | None = None,
+    device_map: str | dict[str, Any] | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     block_path: str | None = None,
@@ -154,7 +155,7 @@ def load_model(
         options["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **options)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **options)
     except (OSError, ValueError) as error:
         raise ModelError(_load_hint(name, error)) from error
     if device_map is None:

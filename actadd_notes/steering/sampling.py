@@ -12,6 +12,12 @@ A row therefore samples the same way whatever else shares its batch — in float
 sweeps reproduce single runs token for token (in bf16 on a GPU, matrix results depend on the
 batch shape, so near-ties can fall the other way) — and a steered row and its baseline use
 the same random numbers (common random numbers: the comparison's noise shrinks).
+
+`sample_tokens` is the same pipeline as one function, for the engine's own decode loop: it
+keeps the token counts as a buffer (updated by the caller) instead of recounting the sequence,
+and with `dense_noise` it never waits for the host, so a CUDA graph can capture it. Its
+`top_p_method="sort"` is transformers' `TopPLogitsWarper` op for op; `"radix"` finds the same
+nucleus without sorting the vocabulary (see `_nucleus_radix`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
@@ -90,10 +97,14 @@ class FrequencyPenalty(LogitsProcessor):
         self.pad_lengths = torch.tensor(list(pad_lengths), dtype=torch.long)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        real = (positions[None, :] >= self.pad_lengths.to(input_ids.device)[:, None]).to(scores.dtype)
-        counts = torch.zeros_like(scores).scatter_add_(1, input_ids, real)
-        return scores - self.penalty * counts
+        return cast(torch.FloatTensor, scores - self.penalty * token_counts(input_ids, self.pad_lengths, scores))
+
+
+def token_counts(input_ids: torch.Tensor, pad_lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[rows, vocab] occurrences of each token in each left-padded row, padding excluded, dtype of `like`."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    real = (positions[None, :] >= pad_lengths.to(input_ids.device)[:, None]).to(like.dtype)
+    return torch.zeros_like(like).scatter_add_(1, input_ids, real)
 
 
 class Temperature(LogitsProcessor):
@@ -101,7 +112,7 @@ class Temperature(LogitsProcessor):
         self.temperature = temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores / self.temperature
+        return cast(torch.FloatTensor, scores / self.temperature)
 
 
 class SeededGumbelSampler(LogitsProcessor):
@@ -117,18 +128,25 @@ class SeededGumbelSampler(LogitsProcessor):
         # the row's own position, left padding not counted: the same whatever else shares the batch
         positions = input_ids.shape[1] - self.pad_lengths.to(scores.device)
         base = _row_base(self.seeds.to(scores.device), positions)
-        if scores.device.type != "cpu":  # dense: cheap on an accelerator, and its cost does not depend on the text
-            tokens = torch.arange(scores.shape[-1], device=scores.device, dtype=torch.int64)
-            return log_probs + _gumbel(_unit(base[:, None], tokens[None, :]))
-        # on the CPU, noise only where a token can still be drawn: after top-p a handful per row
-        rows, tokens = torch.nonzero(torch.isfinite(log_probs), as_tuple=True)
-        sampled = torch.full_like(log_probs, -math.inf)
-        sampled[rows, tokens] = log_probs[rows, tokens] + _gumbel(_unit(base[rows], tokens))
-        return sampled
+        # dense on an accelerator (cheap there, and its cost does not depend on the text); on the CPU,
+        # noise only where a token can still be drawn: after top-p a handful per row
+        return cast(torch.FloatTensor, _perturbed(log_probs, base, dense=scores.device.type != "cpu"))
 
 
 def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
     return (-torch.log(-torch.log(uniform))).to(torch.float32)
+
+
+def _perturbed(log_probs: torch.Tensor, base: torch.Tensor, *, dense: bool) -> torch.Tensor:
+    """Log-probabilities plus each row's seeded Gumbel noise; -inf stays -inf. `dense` computes the noise for
+    every token (no host synchronisation); otherwise only where a token can be drawn."""
+    if dense:
+        tokens = torch.arange(log_probs.shape[-1], device=log_probs.device, dtype=torch.int64)
+        return log_probs + _gumbel(_unit(base[:, None], tokens[None, :]))
+    rows, tokens = torch.nonzero(torch.isfinite(log_probs), as_tuple=True)
+    sampled = torch.full_like(log_probs, -math.inf)
+    sampled[rows, tokens] = log_probs[rows, tokens] + _gumbel(_unit(base[rows], tokens))
+    return sampled
 
 
 def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Sequence[int]) -> LogitsProcessorList:
@@ -145,3 +163,103 @@ def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Seq
         processors.append(TopPLogitsWarper(sampling.top_p))
     processors.append(SeededGumbelSampler(seeds, pad_lengths))
     return processors
+
+
+# ------------------------------------------------------------------ one function, for the engine's decode loop
+TopPMethod = Literal["sort", "radix"]
+TOP_P_METHODS: tuple[TopPMethod, ...] = ("sort", "radix")
+
+_RADIX_BITS = (11, 11, 10)  # three passes over the 32-bit order key
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    sampling: Sampling,
+    *,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+    counts: torch.Tensor | None = None,
+    top_p_method: TopPMethod = "sort",
+    dense_noise: bool = True,
+) -> torch.Tensor:
+    """The next token of every row, as `logits_processors` followed by greedy argmax would pick it.
+
+    `logits` [rows, vocab] float32; `seeds` [rows] int64; `positions` [rows] int64, each row's length so far
+    without its left padding (the noise key, as `SeededGumbelSampler` computes it); `counts` [rows, vocab]
+    float32, the occurrences of each token so far (needed when `freq_penalty` is set). With `dense_noise` the
+    call never synchronises with the host, so a CUDA graph can capture it.
+    """
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    scores = logits
+    if sampling.temperature != 1.0:
+        scores = scores / sampling.temperature
+    if sampling.freq_penalty:
+        if counts is None:
+            raise SteeringError("sample_tokens: freq_penalty needs the token counts")
+        scores = scores - sampling.freq_penalty * counts
+    if sampling.top_k:
+        kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1]))[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if sampling.top_p < 1.0:
+        if top_p_method == "radix":
+            keep = _nucleus_radix(scores, sampling.top_p)
+        elif top_p_method == "sort":
+            keep = _nucleus_sort(scores, sampling.top_p)
+        else:
+            raise SteeringError(f"top_p_method: {top_p_method!r} — expected one of {', '.join(TOP_P_METHODS)}")
+        scores = scores.masked_fill(~keep, -math.inf)
+    log_probs = torch.log_softmax(scores.float(), dim=-1)
+    base = _row_base(seeds.to(torch.int64) & _MASK32, positions)
+    return _perturbed(log_probs, base, dense=dense_noise).argmax(dim=-1)
+
+
+def _nucleus_sort(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Tokens top-p keeps, computed as `TopPLogitsWarper` does (sort, cumulative softmax, scatter back)."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    sorted_remove = cumulative_probs <= (1 - top_p)
+    sorted_remove[..., -1:] = False
+    return ~sorted_remove.scatter(1, sorted_indices, sorted_remove)
+
+
+def _order_keys(scores: torch.Tensor) -> torch.Tensor:
+    """float32 → int64 in [0, 2³²) with the same order: positive floats keep their bits above 2³¹,
+    negative ones are flipped below it."""
+    bits = scores.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(bits >= 0, bits + 2**31, 2**31 - 1 - (bits & 0x7FFFFFFF))
+
+
+def _nucleus_radix(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Tokens top-p keeps, found without sorting the vocabulary.
+
+    A token is kept when the probability mass strictly above it is below `top_p` — `TopPLogitsWarper`'s
+    rule in exact arithmetic — so the kept set is every token whose order key is at least the smallest key
+    κ with mass-above(κ) < top_p. κ is found a digit at a time (11, 11 and 10 bits): a histogram of the
+    mass per digit within the digits fixed so far, and its suffix sums, place κ in one bucket. Masses are
+    whole numbers held in float64 (the row's largest probability is 2^(52 − ⌈log₂ vocab⌉)), so no sum
+    exceeds 2⁵² and every sum is exact whatever the order of addition: a row's nucleus does not depend on
+    what shares its batch or on how a kernel orders its atomic adds (float64, unlike int64, compiles to
+    fused atomic adds). Tokens with exactly equal scores are kept or dropped together (the sort keeps
+    part of a tie at the boundary); otherwise the two methods differ only where float32 rounding of the
+    cumulative sum decides.
+    """
+    keys = _order_keys(scores)
+    scale = 2.0 ** (52 - math.ceil(math.log2(scores.shape[-1])))
+    mass = torch.floor(torch.exp(scores - scores.amax(dim=-1, keepdim=True)).to(torch.float64) * scale)
+    target = torch.ceil(mass.sum(dim=-1, keepdim=True) * top_p)
+    above = torch.zeros_like(target)  # mass strictly above the digits fixed so far
+    prefix = torch.zeros_like(keys[:, :1])  # the digits of κ fixed so far
+    shift = 32
+    for bits in _RADIX_BITS:
+        shift -= bits
+        digit = (keys >> shift) & ((1 << bits) - 1)
+        in_scope = (keys >> (shift + bits)) == prefix
+        histogram = torch.zeros(keys.shape[0], 1 << bits, dtype=torch.float64, device=keys.device)
+        histogram.scatter_add_(1, digit, torch.where(in_scope, mass, 0.0))
+        # mass above each bucket: what lies above the scope plus the buckets after it
+        suffix = above + histogram.sum(dim=-1, keepdim=True) - histogram.cumsum(dim=-1)
+        chosen = (suffix >= target).sum(dim=-1, keepdim=True)
+        above = suffix.gather(1, chosen)
+        prefix = (prefix << bits) | chosen
+    return keys >= prefix
