@@ -154,14 +154,13 @@ def _run_one(runner: JobRunner, note: Path) -> JobOutcome:
 
 
 def _report(outcome: JobOutcome, config: VaultConfig, as_json: bool) -> None:
-    from actadd_notes.publish import relative
 
-    result = relative(config, outcome.result_note) if outcome.result_note else None
+    result = config.relative(outcome.result_note) if outcome.result_note else None
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "note": relative(config, outcome.note),
+                    "note": config.relative(outcome.note),
                     "status": outcome.status,
                     "result_note": result,
                     "error": outcome.error,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from actadd_notes.errors import VaultError
-from actadd_notes.publish import relative
 from actadd_notes.vault.bases import ensure_runs_view, runs_view_embed
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.notes import rewrite_note
@@ -24,7 +23,7 @@ def write_comparison(config: VaultConfig, renderer: TemplateRenderer | None = No
     """Write (or refresh) the comparison note; returns its path and how many runs it lists."""
     renderer = renderer or TemplateRenderer.for_vault(config)
     runs = [
-        {"link": relative(config, path), **{key: properties.get(key) for key in COLUMNS}}
+        {"link": config.relative(path), **{key: properties.get(key) for key in COLUMNS}}
         for path, properties in result_notes(config)
     ]
     for run in runs:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from actadd_notes.errors import ActaddError, Cancelled, SpecError, note_context
 from actadd_notes.experiments.spec import ExperimentSpec, parse_spec
-from actadd_notes.publish import Publisher, Run, relative
+from actadd_notes.publish import Publisher, Run
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.git import vault_commit
 from actadd_notes.vault.notes import Note, escape_markers, update_note
@@ -177,7 +177,7 @@ class JobRunner:
         `interrupted()` turning true (shutdown) stops at the next batch and re-queues the job;
         the user setting `status: cancelled` stops it and leaves it cancelled."""
         path = path.resolve()
-        name = relative(self.config, path)
+        name = self.config.relative(path)
         with note_context(name):
             # A note whose properties cannot be parsed is never rewritten (VaultError), and a
             # note that is no spec is refused before anything is written into it.
@@ -223,7 +223,7 @@ class JobRunner:
             DONE,
             progress="100%",
             finished=self.clock().replace(microsecond=0),
-            result=f"[[{relative(self.config, published.result_note).removesuffix('.md')}]]",
+            result=f"[[{self.config.relative(published.result_note).removesuffix('.md')}]]",
             best_layer=best.setting.layer if best else None,
             best_coeff=best.setting.coeff if best else None,
         )
@@ -257,7 +257,7 @@ class JobRunner:
             progress=report,
             cancelled=lambda: interrupted() or self.status_of(path) == CANCELLED,
             provenance=self._provenance(path),
-            note=relative(self.config, path),
+            note=self.config.relative(path),
         )
 
     def _pairs(self, link: str) -> tuple[str, list[tuple[str, str]]]:
@@ -265,10 +265,10 @@ class JobRunner:
         from actadd_notes.vault.pairs import read_pairs
 
         path, pairs = read_pairs(self.config, link)
-        return relative(self.config, path), pairs
+        return self.config.relative(path), pairs
 
     def _provenance(self, path: Path) -> dict[str, Any]:
-        extra = {"spec_note": relative(self.config, path)}
+        extra = {"spec_note": self.config.relative(path)}
         commit = vault_commit(self.config.root)
         if commit:
             extra["vault_git_commit"] = commit

@@ -50,10 +50,6 @@ class Published:
     warnings: tuple[str, ...]
 
 
-def relative(config: VaultConfig, path: Path) -> str:
-    return path.resolve().relative_to(config.root.resolve()).as_posix()
-
-
 class Publisher:
     """Writes one run's outputs through the vault layer (atomic, compare-and-swap, confined)."""
 
@@ -84,12 +80,12 @@ class Publisher:
         files = render_artifacts(result)
         for filename, data in files.items():
             atomic_write_bytes(folder / filename, data, vault=config.root, config_folder=config.config_folder)
-        links = {name: relative(config, folder / name) for name in files}
+        links = {name: config.relative(folder / name) for name in files}
         self._degrade("runs view", lambda: ensure_runs_view(config), warnings)
         result_path = self.result_path(run)
         self._write_note(run, result, links, result_path, [*result.warnings, *warnings])
         summary = summary_line(result)
-        result_link = relative(config, result_path)
+        result_link = config.relative(result_path)
         later: list[str] = []
         self._degrade("lab journal", lambda: self._journal(run, result_link, summary), later)
         target = result_link.removesuffix(".md")
@@ -111,7 +107,7 @@ class Publisher:
             "run": {
                 "run_id": run.run_id,
                 "date": run.started.isoformat(),
-                "spec_link": relative(config, run.spec_path),
+                "spec_link": config.relative(run.spec_path),
                 "spec_name": run.spec_path.stem,
                 "status": "done",
             },
@@ -139,7 +135,7 @@ class Publisher:
         entry = journal_entry(
             self.renderer,
             when=run.started,
-            spec_link=relative(self.config, run.spec_path),
+            spec_link=self.config.relative(run.spec_path),
             outcome=summary,
             result_link=result_link,
         )

@@ -72,7 +72,8 @@ def random_lm(tokenizer, seed: int) -> SteerableLM:
 
 SPEC = {
     "prompt_add": "love", "prompt_sub": "hate", "layer": [0, 1, 2, 3], "coeff": [-8, -4, -1, 1, 4],
-    "prompts": ["i hate you because"], "pad_token": "the", "samples": 16, "max_new_tokens": 24, "metrics": ["sentiment", "fluency"],
+    "prompts": ["i hate you because"], "pad_token": "the", "samples": 16, "max_new_tokens": 24,
+    "metrics": ["sentiment", "fluency"],
 }  # fmt: skip
 
 

@@ -117,7 +117,7 @@ def test_results_json_holds_baseline_settings_cis_and_findings(grid, grid_files)
     assert [(d["kind"], d["prompt_add"], d["layer"]) for d in diagnostics] == [
         ("steering", "Love", 0),
         ("steering", "Love", 2),
-        ("steering", "Happy people", 1),
+        ("extra", "Happy people", 1),
         ("control", "random direction", layer),
     ]
     steering = next(d for d in diagnostics if d["kind"] == "steering" and d["layer"] == layer)

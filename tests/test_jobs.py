@@ -337,3 +337,26 @@ def test_spec_notes_lists_specs_with_status_outside_results(example_vault, tiny_
         "Experiments/love-hate-sweep.md": "queued",
         "Experiments/queued.md": "queued",
     }
+
+
+def test_a_mean_difference_spec_reads_its_pairs_note_and_says_so(runner, example_vault, tiny_model_dir):
+    (example_vault / "Pairs").mkdir()
+    (example_vault / "Pairs" / "sentiment.md").write_text(
+        "Pairs for CAA.\n\n| add | sub |\n|---|---|\n| I love you | I hate you |\n| Happy people | Sad people |\n"
+    )
+    spec = write_spec(
+        example_vault,
+        "caa",
+        tiny_model_dir,
+        method="mean_difference",
+        pairs='"[[sentiment]]"',
+        max_perplexity_ratio=100,
+    )
+    outcome = runner.run(spec)
+    assert outcome.status == DONE, outcome.error
+    result = Note.read(outcome.result_note)
+    assert result.properties["method"] == "mean_difference" and result.properties["pairs"] == 2
+    assert "mean difference (CAA) of 2 contrast pair(s) from Pairs/sentiment.md" in result.body
+    broken = write_spec(example_vault, "caa-missing", tiny_model_dir, method="mean_difference", pairs='"[[nowhere]]"')
+    failed = runner.run(broken)
+    assert failed.status == FAILED and "pairs: [[nowhere]]: no note named nowhere.md" in failed.error

@@ -208,7 +208,7 @@ def test_tpe_is_told_the_constraint():
 
 def test_a_trial_without_an_objective_value_is_logged_not_fatal():
     spec = bayes_spec(layer=[0, 3], coeff=[-10, 10], trials=8, max_perplexity_ratio=100)
-    results, log, to_best, _ = run_bayes(spec, FakeEvaluator(spec, missing=0), Objective("sentiment", "maximize"))
+    _, log, to_best, _ = run_bayes(spec, FakeEvaluator(spec, missing=0), Objective("sentiment", "maximize"))
     assert len(log) == 8
     missing = [t for t in log if t["value"] is None]
     assert missing and all(t["coeff"] > 0 for t in missing)

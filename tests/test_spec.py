@@ -11,8 +11,8 @@ from ruamel.yaml import YAML
 from actadd_notes.errors import SpecError
 from actadd_notes.experiments.spec import (
     TOOL_KEYS,
-    ExtraAddition,
     ExperimentSpec,
+    ExtraAddition,
     WorkEstimate,
     check_layers,
     check_work,
@@ -492,6 +492,6 @@ def test_check_work_refuses_runs_over_max_generations():
     assert caught.value.key == "max_generations"
     assert str(caught.value) == (
         "Experiments/love.md: max_generations: 960 generations (24 settings with the baseline and the "
-        "confirmation × 2 prompts × samples) exceed max_generations 800 — raise max_generations or shrink the grid (fewer layers or "
-        "coeffs, prompts or samples)"
+        "confirmation × 2 prompts × samples) exceed max_generations 800 — raise max_generations or shrink the grid "
+        "(fewer layers or coeffs, prompts or samples)"
     )

@@ -8,20 +8,19 @@ confirmation the next `confirm_samples`, so no confirmation row reuses a search 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from actadd_notes.errors import Cancelled
+from actadd_notes.experiments.additions import Additions
 from actadd_notes.experiments.metrics import PERPLEXITY, Metric, Objective, build_text_metrics
 from actadd_notes.experiments.results import Sample, Setting, SettingResult
 from actadd_notes.experiments.spec import ExperimentSpec
 from actadd_notes.experiments.stats import prompt_difference, summarize
 from actadd_notes.steering.lm import Addition, SteerableLM
-from actadd_notes.steering.vectors import ActAdd, SteeringVector
 
 ProgressCallback = Callable[[int, int, str], None]
 Scores = dict[str, tuple[list[float], list[int]]]  # score name → (values, prompt index of each value)
@@ -33,30 +32,6 @@ def row_seed(seed: int, prompt_index: int, sample: int) -> int:
     if not 0 <= sample < _PROMPT_STRIDE:
         raise ValueError(f"sample index {sample} out of range")
     return (seed * 1_000_003 + prompt_index * _PROMPT_STRIDE + sample) % 2**32
-
-
-def control_seed(seed: int, layer: int) -> int:
-    """Seeds the random direction of the control at `layer`; recorded in results.json."""
-    return int.from_bytes(hashlib.sha256(f"actadd-control:{seed}:{layer}".encode()).digest()[:4], "little")
-
-
-def random_direction_like(vector: SteeringVector, seed: int, position: str) -> SteeringVector:
-    """A vector that pushes as hard as `vector` where it is added, in a random direction.
-
-    Front mode adds each position's row: the control keeps every row's norm. `all` mode adds
-    the mean row everywhere: the control is one random row with the mean's norm."""
-    base = vector.vector.detach().float().cpu()
-    target = base.mean(dim=0, keepdim=True) if position == "all" else base
-    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    direction = noise / noise.norm(dim=-1, keepdim=True)
-    control = (direction * target.norm(dim=-1, keepdim=True)).to(vector.vector)
-    return replace(
-        vector,
-        vector=control,
-        prompt_add="random direction",
-        prompt_sub="",
-        provenance={**vector.provenance, "control_seed": str(seed), "control_of": vector.prompt_add},
-    )
 
 
 @dataclass
@@ -92,6 +67,7 @@ class Evaluator:
         samples: int | None = None,
         progress: Progress | None = None,
         metrics: Sequence[Metric] | None = None,
+        additions: Additions | None = None,
     ):
         self.spec = spec
         self.lm = lm
@@ -105,8 +81,9 @@ class Evaluator:
         self.baseline: SettingResult | None = None
         self._baseline_scores: Scores = {}
         self._baseline_logits: torch.Tensor | None = None
-        self._controls: dict[int, SteeringVector] = {}
+        self.additions = additions or Additions(spec, lm)
         self._values: dict[Setting, Scores] = {}
+        self._records: list[dict[str, str]] = []
 
     @property
     def seeds(self) -> set[int]:
@@ -117,50 +94,30 @@ class Evaluator:
             for k in range(self.samples_per_prompt)
         }
 
-    def control_vector(self, layer: int) -> SteeringVector:
-        """The random-direction control of the main vector at `layer` (one object per layer, so
-        the hooks steer all its rows with one indexed add)."""
-        if layer not in self._controls:
-            spec = self.spec
-            vector = self.lm.steering_vector(ActAdd(spec.prompt_add, spec.prompt_sub, layer, 1.0, spec.pad_token))
-            self._controls[layer] = random_direction_like(vector, control_seed(spec.seed, layer), spec.position)
-        return self._controls[layer]
-
-    def additions(self, setting: Setting) -> list[Addition] | None:
-        if setting.is_baseline:
-            return None
-        spec = self.spec
-        assert setting.layer is not None and setting.coeff is not None
-        main: Addition = (
-            self.control_vector(setting.layer).with_coeff(setting.coeff)
-            if setting.control
-            else ActAdd(spec.prompt_add, spec.prompt_sub, setting.layer, setting.coeff, spec.pad_token)
-        )
-        extra = [ActAdd(a.add, a.sub, a.layer, a.coeff, spec.pad_token) for a in spec.extra_additions]
-        return [main, *extra]
-
     def evaluate(self, settings: Sequence[Setting]) -> list[SettingResult]:
         """Generate and score `settings` in one batched job (the baseline first, if not done yet)."""
         spec = self.spec
         todo = list(settings)
         if self.baseline is None:
             todo.insert(0, Setting())
-        steer = {n: self.additions(s) for n, s in enumerate(todo)}
+        prompts_of = range(len(spec.prompts))
         # rows carry their setting's position in `todo`: a search may propose one setting twice
         rows = [
             (n, i, self.first_sample + k)
             for n in range(len(todo))
-            for i in range(len(spec.prompts))
+            for i in prompts_of
             for k in range(self.samples_per_prompt)
         ]
+        steer = [self.additions.for_row(todo[n], i, k) for n, i, k in rows]
         completions = self.lm.complete(
             [spec.prompts[i] for _, i, _ in rows],
             seeds=[row_seed(spec.seed, i, k) for _, i, k in rows],
-            steer=[steer[n] for n, _, _ in rows],
+            steer=steer,
             max_new_tokens=spec.max_new_tokens,
             chat=spec.chat,
             position=spec.position,
             batch_size=spec.batch_size,
+            decode=spec.decode,
             progress=lambda done, total: self.progress.batch(done),
             temperature=spec.temperature,
             top_p=spec.top_p,
@@ -169,7 +126,12 @@ class Evaluator:
         )
         self.progress.done += len(rows)
         self.progress.report("scoring")
+        generation = self.lm.last_generation
         scores: dict[str, list[float]] = {PERPLEXITY: self.lm.perplexities(completions, batch_size=spec.batch_size)}
+        scoring = self.lm.last_scoring
+        self._records.append(
+            {**(generation.to_record() if generation else {}), **(scoring.to_record() if scoring else {})}
+        )
         texts = [c.text for c in completions]
         prompts = [c.prompt for c in completions]
         for metric in self.metrics:
@@ -184,7 +146,8 @@ class Evaluator:
                 name: ([values[i] for i in picked], [rows[i][1] for i in picked]) for name, values in scores.items()
             }
             if "kl" in spec.metrics:
-                per_setting["kl"] = (self._kl(setting, steer[position]), list(range(len(spec.prompts))))
+                additions = [self.additions.for_row(setting, i, self.first_sample) for i in prompts_of]
+                per_setting["kl"] = (self._kl(additions), list(prompts_of))
             self._values[setting] = per_setting
             result = self._summarise(setting, per_setting)
             if setting.is_baseline:
@@ -194,12 +157,13 @@ class Evaluator:
                 results.append(result)
         return results
 
-    def _kl(self, setting: Setting, additions: list[Addition] | None) -> list[float]:
-        """KL(steered ‖ unsteered) of the next-token distribution at the end of each prompt."""
+    def _kl(self, additions: list[list[Addition] | None]) -> list[float]:
+        """KL(steered ‖ unsteered) of the next-token distribution at the end of each prompt
+        (`additions`: each prompt's, all None for the baseline)."""
         spec = self.spec
         if self._baseline_logits is None:
             self._baseline_logits = self.lm.next_token_logits(spec.prompts, chat=spec.chat)
-        if additions is None:
+        if all(entry is None for entry in additions):
             return [0.0] * len(spec.prompts)
         steered = self.lm.next_token_logits(spec.prompts, steer=additions, chat=spec.chat, position=spec.position)
         p = torch.log_softmax(steered, -1)
@@ -208,7 +172,23 @@ class Evaluator:
 
     def _summarise(self, setting: Setting, values: Scores) -> SettingResult:
         baseline = None if setting.is_baseline else self._baseline_scores
-        return summarise_setting(setting, values, baseline, self.spec.max_perplexity_ratio)
+        result = summarise_setting(setting, values, baseline, self.spec.max_perplexity_ratio)
+        if setting.layer is not None and setting.coeff is not None:
+            result.applied_coeff = self.additions.applied_coeff(setting.layer, setting.coeff)
+        return result
+
+    @property
+    def record(self) -> dict[str, str]:
+        """How this stage's generation and scoring ran (decode path, batch plan, batches), prefixed by
+        the stage; a value that changed between a search's rounds lists each round's, `;`-joined."""
+        keys = dict.fromkeys(key for record in self._records for key in record)
+        merged = {}
+        for key in keys:
+            values = list(dict.fromkeys(record.get(key, "") for record in self._records))
+            merged[f"{self.stage}_{key}"] = "; ".join(values)
+        if len(self._records) > 1:
+            merged[f"{self.stage}_calls"] = str(len(self._records))
+        return merged
 
     def scores_of(self, setting: Setting, score: str) -> tuple[list[float], list[int]]:
         """The values of `score` for `setting` in this stage (its last evaluation), with their prompt indexes."""

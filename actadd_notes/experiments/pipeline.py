@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
-from actadd_notes.experiments.evaluator import Evaluator, Progress, ProgressCallback, control_seed, text_metrics
+from actadd_notes.errors import note_context
+from actadd_notes.experiments.additions import Additions, control_seed
+from actadd_notes.experiments.diagnostics import reproducibility, vector_diagnostics
+from actadd_notes.experiments.evaluator import Evaluator, Progress, ProgressCallback, text_metrics
 from actadd_notes.experiments.metrics import Metric, Objective
-from actadd_notes.experiments.report import findings, reproducibility, vector_diagnostics
+from actadd_notes.experiments.report import findings
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, Confirmation, ExperimentResult, Setting, pick_best
 from actadd_notes.experiments.search import run_bayes, run_grid
 from actadd_notes.experiments.spec import ExperimentSpec, check_layers, check_lengths, check_work, estimate_work
@@ -48,7 +52,10 @@ def run_experiment(
     objective = Objective(spec.objective, spec.direction)
     tracker = Progress(estimate.generations, progress, cancelled)
     metrics = text_metrics(spec)
-    search = Evaluator(spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics)
+    additions = Additions(spec, lm)
+    with note_context(note) if note else nullcontext():
+        additions.check_fits()
+    search = Evaluator(spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics, additions=additions)
     trials: list[dict[str, Any]] = []
     trials_to_best, study = None, None
     if spec.search == "bayes":
@@ -63,6 +70,7 @@ def run_experiment(
     if spec.confirm and best is not None:
         confirmation, confirming = _confirm(spec, lm, objective, best.setting, search, tracker, metrics)
     timing = {"confirmation_wall_time_s": round(time.perf_counter() - confirming_since, 2)} if confirmation else {}
+    engine = {**search.record, **(confirming.record if confirming else {})}
     assert search.baseline is not None
     result = ExperimentResult(
         spec=spec,
@@ -73,14 +81,15 @@ def run_experiment(
         best=best,
         confirmation=confirmation,
         verdict=decide(objective, best, confirmation, settings_tested=len(settings)),
-        vectors=_vectors(spec, lm, best.setting if best else None, confirming),
+        vectors=_vectors(spec, additions, best.setting if best else None),
         trials=trials,
         trials_to_best=trials_to_best,
         study=study,
     )
     layers = sorted({s.setting.layer for s in settings if s.setting.layer is not None})
-    result.diagnostics = vector_diagnostics(spec, lm, layers, result.vectors)
-    result.reproducibility = reproducibility(spec, lm, time.perf_counter() - started, {**(provenance or {}), **timing})
+    result.diagnostics = vector_diagnostics(spec, lm, additions, layers, best.setting if best else None)
+    extra = {**(provenance or {}), **engine, **timing}
+    result.reproducibility = reproducibility(spec, lm, time.perf_counter() - started, extra)
     result.findings = findings(result)
     return result
 
@@ -97,12 +106,12 @@ def _confirm(
     """The best setting, a fresh baseline and the random-direction control on seeds the search never used."""
     stage = Evaluator(
         spec, lm, objective, stage=CONFIRMATION, first_sample=spec.samples, samples=spec.confirmation_samples,
-        progress=tracker, metrics=metrics,
+        progress=tracker, metrics=metrics, additions=search.additions,
     )  # fmt: skip
     if stage.seeds & search.seeds:  # impossible by construction (evaluator.row_seed): a bug if it happens
         raise AssertionError("confirmation seeds overlap the search's")
     assert best.layer is not None
-    control = Setting(best.layer, best.coeff, control=True)
+    control = Setting(best.layer, best.coeff, control=True, offset=best.offset)
     confirmed_best, confirmed_control = stage.evaluate([best, control])
     assert stage.baseline is not None
     (steered, steered_prompts), (random, random_prompts) = (
@@ -114,24 +123,23 @@ def _confirm(
         control=confirmed_control,
         versus_control=prompt_difference(steered, random, steered_prompts, random_prompts),
         samples=stage.samples_per_prompt,
-        control_seed=control_seed(spec.seed, best.layer),
+        control_seed=control_seed(spec.seed, best.layer, 0, spec.samples),
     )
     return confirmation, stage
 
 
-def _vectors(
-    spec: ExperimentSpec, lm: SteerableLM, best: Setting | None, confirming: Evaluator | None
-) -> dict[str, SteeringVector]:
-    """The unscaled vectors of the best setting, its control and the extra additions, on the CPU."""
+def _vectors(spec: ExperimentSpec, additions: Additions, best: Setting | None) -> dict[str, SteeringVector]:
+    """The unscaled vectors of the best setting, its control and the extra additions, on the CPU
+    (with `align`, the placement of the first prompt)."""
     if best is None or best.layer is None:
         return {}
-    main = ActAdd(spec.prompt_add, spec.prompt_sub, best.layer, 1.0, spec.pad_token)
-    vectors = {f"vector-L{best.layer}": lm.steering_vector(main)}
-    if confirming is not None:
-        vectors["control"] = confirming.control_vector(best.layer)
+    offset = additions.start(0) + best.offset
+    vectors = {f"vector-L{best.layer}": additions.vector(best.layer, offset)}
+    if spec.confirm:
+        vectors["control"] = additions.control(best.layer, offset, 0, spec.samples)  # the first control row's
     for number, addition in enumerate(spec.extra_additions, 1):
         extra = ActAdd(addition.add, addition.sub, addition.layer, 1.0, spec.pad_token)
-        vectors[f"vector-extra{number}-L{addition.layer}"] = lm.steering_vector(extra)
+        vectors[f"vector-extra{number}-L{addition.layer}"] = additions.lm.steering_vector(extra)
     return {name: replace(vector, vector=vector.vector.detach().to("cpu")) for name, vector in vectors.items()}
 
 

@@ -1,4 +1,4 @@
-"""What a result note says in words: findings, the one-line summary, vector diagnostics, provenance.
+"""What a result note says in words: findings, the one-line summary, and the headline numbers.
 
 Findings state the verdict first, then the numbers behind it, search and confirmation apart so
 the shrinkage shows, and they admit an absent effect. They speak of the model in hand (its name,
@@ -7,24 +7,17 @@ parameter count and layers from the reproducibility record), never of "small mod
 
 from __future__ import annotations
 
-import platform
-from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from actadd_notes.experiments.results import NO_SETTING, ExperimentResult, SettingResult
-from actadd_notes.experiments.spec import ExperimentSpec
 from actadd_notes.experiments.verdict import interval, number
-from actadd_notes.steering.lm import SteerableLM
-from actadd_notes.steering.vectors import ActAdd, SteeringVector
 
 SIGNIFICANT = 0.05  # the family-wise level the settings table marks
 
 
 def findings(result: ExperimentResult) -> list[str]:
     """Plain statements for the result note, the verdict first."""
-    lines = [result.verdict.sentence]
+    lines = [result.verdict.sentence, *_method_lines(result)]
     lines += _search_lines(result)
     lines += _confirmation_lines(result)
     lines += _guard_lines(result)
@@ -36,6 +29,28 @@ def findings(result: ExperimentResult) -> list[str]:
             f"per-prompt mean differences, {prompts - 1} df): the claim generalises beyond these prompts, and "
             "more prompts, not more samples, narrow it."
         )
+    return lines
+
+
+def _method_lines(result: ExperimentResult) -> list[str]:
+    """Which vector ran and in what units, when it is not the paper's plain ActAdd."""
+    spec, lines = result.spec, []
+    if spec.method == "mean_difference":
+        source = f" from {spec.pairs_source}" if spec.pairs_source else ""
+        agreement = [d.get("pair_agreement") for d in result.diagnostics if d["kind"] == "steering"]
+        agrees = ", ".join(f"{a:.2f}" for a in agreement if a is not None)
+        lines.append(
+            f"Method: mean difference (CAA) of {len(spec.pairs)} contrast pair(s){source} at each prompt's "
+            f"{'last token' if spec.pair_position == 'last' else 'mean over its tokens'}, added at every position; "
+            f"the pairs' agreement (mean cosine to the mean difference) per layer: {agrees or 'n/a'}."
+        )
+    if spec.coeff_unit == "residual_norm" and result.best is not None and result.best.applied_coeff is not None:
+        lines.append(
+            f"Coefficients are in residual-norm units: {result.best.setting.label} applied a raw coefficient of "
+            f"{result.best.applied_coeff:.4g} (c × the layer's typical residual norm / the vector's norm)."
+        )
+    if spec.align is not None:
+        lines.append(f"The addition starts where {spec.align!r} first occurs in each prompt (align).")
     return lines
 
 
@@ -70,7 +85,7 @@ def _confirmation_lines(result: ExperimentResult) -> list[str]:
         f"Confirmation on fresh seeds ({confirmed.samples} sample(s) × {len(spec.prompts)} prompt(s), no seed "
         f"shared with the search): {best.setting.label} {_mean(best.metrics[score])} vs baseline "
         f"{_mean(base.metrics[score])}, Δ {interval(best.differences.get(score))}; random-direction control "
-        f"(same per-position norms, seed {confirmed.control_seed}) {_mean(control.metrics[score])}, Δ "
+        f"(same per-position norms, a fresh direction per row) {_mean(control.metrics[score])}, Δ "
         f"{interval(control.differences.get(score))}; steering − control {interval(confirmed.versus_control)}. "
         f"Search → confirmed Δ: {number(_estimate(result.best, score), '+.3f')} → "
         f"{number(_estimate(best, score), '+.3f')}."
@@ -98,6 +113,12 @@ def _guard_lines(result: ExperimentResult) -> list[str]:
         lines.append(
             f"On the confirmation seeds the best setting's perplexity is {confirmed.best.perplexity_ratio:.2f}× "
             f"the baseline's, above the {spec.max_perplexity_ratio:g}× guard: the effect costs fluency."
+        )
+    if confirmed is not None and confirmed.control.rejected and not confirmed.best.rejected:
+        lines.append(
+            f"The random directions of the same size push perplexity to {confirmed.control.perplexity_ratio:.2f}× "
+            f"the baseline's (above the {spec.max_perplexity_ratio:g}× guard), the steering vector to "
+            f"{confirmed.best.perplexity_ratio:.2f}×: pushed as hard, the steering vector keeps the text fluent."
         )
     return lines
 
@@ -160,69 +181,6 @@ def _estimate(setting: SettingResult, score: str) -> float | None:
     return None if difference is None else difference.estimate
 
 
-def vector_diagnostics(
-    spec: ExperimentSpec, lm: SteerableLM, layers: Sequence[int], vectors: dict[str, SteeringVector]
-) -> list[dict[str, Any]]:
-    """Per-position norms of each vector used, against the residual norm typical at its layer.
-
-    Models often carry huge activations at the first position and at lone pad tokens; those
-    positions then dominate a vector, and a researcher has to see it. `vectors` holds the vectors
-    the run already computed (the control among them); the main vector at other layers comes
-    from the model's vector cache."""
-    pairs = [(spec.prompt_add, spec.prompt_sub, list(layers))] + [
-        (a.add, a.sub, [a.layer]) for a in spec.extra_additions
-    ]
-    prompt_norms = []
-    for prompt in spec.prompts:
-        stacked, _ = lm.activations([prompt], pad_token=spec.pad_token)
-        prompt_norms.append(stacked[:, 0].float().norm(dim=-1))  # [layers, T]
-    rows = []
-    for add, sub, pair_layers in pairs:
-        for layer in pair_layers:
-            vector = lm.steering_vector(ActAdd(add, sub, layer, 1.0, spec.pad_token))
-            rows.append({**_norm_row(lm, vector, prompt_norms, layer), "kind": "steering"})
-    control = vectors.get("control")
-    if control is not None:
-        rows.append({**_norm_row(lm, control, prompt_norms, control.layer), "kind": "control"})
-    return rows
-
-
-def _norm_row(lm: SteerableLM, vector: SteeringVector, prompt_norms: list[torch.Tensor], layer: int) -> dict[str, Any]:
-    first = [float(n[layer, 0]) for n in prompt_norms]
-    rest = torch.cat([n[layer, 1:] for n in prompt_norms]) if any(n.shape[1] > 1 for n in prompt_norms) else None
-    return {
-        "prompt_add": vector.prompt_add,
-        "prompt_sub": vector.prompt_sub,
-        "layer": layer,
-        "tokens_add": _readable_tokens(lm, vector.add_ids),
-        "tokens_sub": _readable_tokens(lm, vector.sub_ids),
-        "vector_norms": [round(float(x), 2) for x in vector.vector.float().norm(dim=-1)],
-        "residual_norm_first_position": round(sum(first) / len(first), 2),
-        "residual_norm_typical": round(float(rest.median()), 2) if rest is not None else None,
-    }
-
-
-def _readable_tokens(lm: SteerableLM, ids: Sequence[int]) -> list[str]:
-    """Each token as text, a space shown as ␣ (a lone pad token is otherwise invisible)."""
-    return [lm.tokenizer.decode([i]).replace(" ", "␣") or repr(i) for i in ids]
-
-
-def reproducibility(spec: ExperimentSpec, lm: SteerableLM, wall_time: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """What a re-run needs to reproduce the note's numbers: seeds, versions, device, model."""
-    record = {
-        "seed": spec.seed,
-        "spec_hash": spec.spec_hash(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        **lm.provenance(),
-        "parameters": sum(p.numel() for p in lm.model.parameters()),
-        "layers": lm.num_layers,
-        "wall_time_s": round(wall_time, 2),
-        **extra,
-    }
-    return {key: value for key, value in record.items() if value not in ("", None)}
-
-
 def headline(result: ExperimentResult) -> dict[str, Any]:
     """The verdict's numbers, flat: a result note's properties, Bases columns, the comparison note.
 
@@ -234,7 +192,7 @@ def headline(result: ExperimentResult) -> dict[str, Any]:
     versus = confirmed.versus_control if confirmed else None
     return {
         "effect": result.effect,
-        "method": "actadd",
+        "method": result.spec.method,
         "settings_tested": len(result.settings),
         "best_layer": best.setting.layer if best else None,
         "best_coeff": best.setting.coeff if best else None,

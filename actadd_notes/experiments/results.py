@@ -35,11 +35,13 @@ class Setting:
     """One point of the search; the baseline has neither layer nor coeff.
 
     A `control` setting adds, instead of the steering vector, a vector of the same
-    per-position norms in a random direction, at the same layer and coefficient."""
+    per-position norms in a random direction, at the same layer and coefficient. `offset` moves
+    a front addition that many positions later (the label shows it when it is not 0)."""
 
     layer: int | None = None
     coeff: float | None = None
     control: bool = False
+    offset: int = 0
 
     @property
     def is_baseline(self) -> bool:
@@ -49,7 +51,8 @@ class Setting:
     def label(self) -> str:
         if self.is_baseline:
             return "baseline"
-        return f"{'control ' if self.control else ''}L{self.layer} c{self.coeff:g}"
+        offset = f" a{self.offset}" if self.offset else ""
+        return f"{'control ' if self.control else ''}L{self.layer} c{self.coeff:g}{offset}"
 
 
 @dataclass
@@ -60,6 +63,7 @@ class SettingResult:
     perplexity_ratio: float = 1.0
     rejected: bool = False
     p_holm: float | None = None  # the objective's p-value, Holm-adjusted over every setting searched
+    applied_coeff: float | None = None  # the raw coefficient applied (differs with coeff_unit: residual_norm)
 
     def mean(self, score: str) -> float | None:
         summary = self.metrics.get(score)
@@ -71,6 +75,8 @@ class SettingResult:
             "layer": self.setting.layer,
             "coeff": self.setting.coeff,
             "control": self.setting.control,
+            "offset": self.setting.offset,
+            "applied_coeff": self.applied_coeff,
             "metrics": {name: asdict(s) for name, s in self.metrics.items()},
             "differences": {name: asdict(d) for name, d in self.differences.items()},
             "perplexity_ratio": self.perplexity_ratio,
@@ -101,7 +107,7 @@ class Confirmation:
     control: SettingResult
     versus_control: Difference  # best − control on the objective
     samples: int  # per prompt
-    control_seed: int  # seeds the random direction
+    control_seed: int  # the first control row's direction seed (every row has its own: additions.control_seed)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from actadd_notes.experiments.evaluator import Evaluator
 from actadd_notes.experiments.metrics import Objective
@@ -24,7 +24,14 @@ STUDY_NAME = "actadd-notes"
 
 
 def run_grid(spec: ExperimentSpec, evaluator: Evaluator) -> list[SettingResult]:
-    return evaluator.evaluate([Setting(layer, float(coeff)) for layer in spec.layers for coeff in spec.coeffs])
+    return evaluator.evaluate(
+        [
+            Setting(layer, float(coeff), offset=offset)
+            for layer in spec.layers
+            for coeff in spec.coeffs
+            for offset in spec.offsets
+        ]
+    )
 
 
 def run_bayes(
@@ -61,25 +68,15 @@ def _search(
         else (lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio]),
         constant_liar=True,
     )
-    direction = "maximize" if objective.sign > 0 else "minimize"  # on the score column
+    direction: Literal["maximize", "minimize"] = "maximize" if objective.sign > 0 else "minimize"  # on the score
     study = optuna.create_study(direction=direction, sampler=sampler, storage=storage, study_name=STUDY_NAME)
     study.set_user_attr("objective", {"metric": objective.metric, "score": objective.column})
-    assert spec.layer_range is not None and spec.coeff_range is not None
-    (layer_lo, layer_hi), (coeff_lo, coeff_hi) = spec.layer_range, spec.coeff_range
     results: list[SettingResult] = []
     log: list[dict[str, Any]] = []
     trials = spec.trials or 20
     while len(log) < trials:
         asked = [study.ask() for _ in range(min(ROUND_SIZE, trials - len(log)))]
-        settings = [
-            Setting(
-                t.suggest_int("layer", layer_lo, layer_hi),
-                _readable(
-                    t.suggest_float("coeff", coeff_lo, coeff_hi, log=spec.coeff_scale == "log"), coeff_lo, coeff_hi
-                ),
-            )
-            for t in asked
-        ]
+        settings = [_suggest(t, spec) for t in asked]
         for trial, result in zip(asked, evaluator.evaluate(settings)):
             value = result.mean(objective.column)
             trial.set_user_attr(_RATIO, result.perplexity_ratio)
@@ -95,12 +92,23 @@ def _search(
                     "number": trial.number,
                     "layer": result.setting.layer,
                     "coeff": result.setting.coeff,
+                    "offset": result.setting.offset,
                     "value": value,
                     _RATIO: result.perplexity_ratio,
                     "feasible": not result.rejected,
                 }
             )
     return results, log
+
+
+def _suggest(trial: Any, spec: ExperimentSpec) -> Setting:
+    """The trial's setting: a layer and a coefficient in their ranges, and an offset when the spec searches one."""
+    assert spec.layer_range is not None and spec.coeff_range is not None
+    (layer_lo, layer_hi), (coeff_lo, coeff_hi) = spec.layer_range, spec.coeff_range
+    layer = trial.suggest_int("layer", layer_lo, layer_hi)
+    coeff = trial.suggest_float("coeff", coeff_lo, coeff_hi, log=spec.coeff_scale == "log")
+    offset = trial.suggest_int("offset", *spec.offset_range) if spec.offset_range is not None else 0
+    return Setting(layer, _readable(coeff, coeff_lo, coeff_hi), offset=offset)
 
 
 def _readable(coeff: float, low: float, high: float) -> float:

@@ -35,10 +35,13 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from actadd_notes.errors import SpecError, note_context
+from actadd_notes.errors import ActaddError, SpecError, note_context
 from actadd_notes.experiments.metrics import METRICS, REGISTRY, check_needs
+
+if TYPE_CHECKING:
+    from actadd_notes.steering.decode import DecodeMode
 
 TOOL_KEYS: frozenset[str] = frozenset(
     {"status", "started", "finished", "progress", "result", "best_layer", "best_coeff", "error", "run_id"}
@@ -50,6 +53,7 @@ SPEC_KEYS: frozenset[str] = frozenset(
         "coeff_scale", "objective", "direction", "max_perplexity_ratio", "topic", "topic_words",
         "classifier", "chat", "pad_token", "position", "batch_size", "max_generations",
         "extra_additions", "literature", "confirm", "confirm_samples", "dtype",
+        "method", "pairs", "pair_position", "offset", "align", "coeff_unit", "decode",
     }
 )  # fmt: skip
 # Obsidian's own properties (and the scaffold's `created`): kept in `unknown`, not worth a warning.
@@ -75,6 +79,10 @@ _CHOICES = {
     "coeff_scale": ("linear", "log"),
     "position": ("front", "all"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "method": ("actadd", "mean_difference"),
+    "pair_position": ("last", "mean"),
+    "coeff_unit": ("absolute", "residual_norm"),
+    "decode": ("auto", "compiled", "static", "eager"),
 }
 _CLASSIFIED = tuple(name for name, info in REGISTRY.items() if info.classified)
 _ADDITION_KEYS = ("add", "sub", "layer", "coeff")
@@ -102,13 +110,21 @@ class ExperimentSpec:
     Grid search fills `layers` and `coeffs`; bayes fills `layer_range` and `coeff_range` (inclusive).
     """
 
-    prompt_add: str
-    prompt_sub: str
     prompts: tuple[str, ...]
+    prompt_add: str = ""  # actadd: p+ and p−
+    prompt_sub: str = ""
+    method: str = "actadd"  # or mean_difference: the mean of `pairs`' differences
+    pairs: tuple[tuple[str, str], ...] = ()
+    pairs_source: str | None = field(default=None, compare=False)  # the note the pairs came from, if one
+    pair_position: str = "last"
     layers: tuple[int, ...] = ()
     coeffs: tuple[float, ...] = ()
+    offsets: tuple[int, ...] = (0,)  # grid: where the front addition starts, after the prompt's first token
     layer_range: tuple[int, int] | None = None
     coeff_range: tuple[float, float] | None = None
+    offset_range: tuple[int, int] | None = None
+    align: str | None = None  # start the addition where this text first occurs in the prompt
+    coeff_unit: str = "absolute"  # or residual_norm: c × the layer's typical residual norm / the vector's norm
     model: str = "embedded"
     samples: int = 10
     max_new_tokens: int = 40
@@ -134,6 +150,7 @@ class ExperimentSpec:
     position: str = "front"
     batch_size: int | None = None
     dtype: str = "auto"
+    decode: DecodeMode = "auto"  # the engine's decode path; bf16 numbers depend on it
     max_generations: int = 20_000
     extra_additions: tuple[ExtraAddition, ...] = ()
     literature: tuple[str, ...] = ()
@@ -142,14 +159,19 @@ class ExperimentSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as properties that `parse_spec` reads back to an equal spec (without `unknown`)."""
         data = asdict(self)
-        del data["unknown"]
-        layers, layer_range = data.pop("layers"), data.pop("layer_range")
-        coeffs, coeff_range = data.pop("coeffs"), data.pop("coeff_range")
+        for key in ("unknown", "pairs_source"):
+            del data[key]
         grid = self.search == "grid"
-        data["layer"] = layers if grid else layer_range
-        data["coeff"] = coeffs if grid else coeff_range
+        for key, plural in (("layer", "layers"), ("coeff", "coeffs"), ("offset", "offsets")):
+            values, bounds = data.pop(plural), data.pop(f"{key}_range")
+            data[key] = values if grid else bounds
         if grid:  # bayes-only keys, left out so they cannot sway spec_hash
             del data["trials"], data["coeff_scale"]
+        if self.method == "actadd":
+            del data["pairs"], data["pair_position"]
+        else:
+            del data["prompt_add"], data["prompt_sub"]
+            data["pairs"] = [{"add": add, "sub": sub} for add, sub in self.pairs]
         return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
     def spec_hash(self) -> str:
@@ -183,15 +205,23 @@ class WorkEstimate:
     new_tokens: int  # an upper bound: completions may stop early at end-of-text
 
 
+PairsResolver = Callable[[str], tuple[str, Sequence[tuple[str, str]]]]
+
+
 def parse_spec(
-    properties: Mapping[str, Any], body: str = "", *, note: str | None = None
+    properties: Mapping[str, Any],
+    body: str = "",
+    *,
+    note: str | None = None,
+    resolve_pairs: PairsResolver | None = None,
 ) -> tuple[ExperimentSpec, list[str]]:
     """Check a note's properties (and `## Prompts` body list); return the spec and warnings.
 
-    Raises SpecError naming the key, the bad value and what would be valid.
+    `resolve_pairs(link)` turns `pairs: "[[a note]]"` into (the note's name, its pairs); the vault
+    layer provides it. Raises SpecError naming the key, the bad value and what would be valid.
     """
     with _noted(note):
-        return _parse(properties, body)
+        return _parse(properties, body, resolve_pairs)
 
 
 def check_layers(spec: ExperimentSpec, num_layers: int, model_name: str, *, note: str | None = None) -> None:
@@ -251,7 +281,9 @@ def check_work(spec: ExperimentSpec, estimate: WorkEstimate, *, note: str | None
         )
 
 
-def _parse(properties: Mapping[str, Any], body: str) -> tuple[ExperimentSpec, list[str]]:
+def _parse(
+    properties: Mapping[str, Any], body: str, resolve_pairs: PairsResolver | None
+) -> tuple[ExperimentSpec, list[str]]:
     # An empty property (Obsidian's blank field) counts as absent.
     props = {str(key): value for key, value in properties.items() if value is not None}
     warnings: list[str] = []
@@ -263,6 +295,52 @@ def _parse(properties: Mapping[str, Any], body: str) -> tuple[ExperimentSpec, li
             warnings.append(f"{key}: unknown property{hint} — kept, not used")
 
     spec: dict[str, Any] = {"unknown": unknown}
+    _parse_vector(props, spec, warnings, resolve_pairs)
+    spec["prompts"] = _all_prompts(props.get("prompts"), body)
+    _parse_scalars(props, spec)
+    _parse_placement(props, spec)
+    _parse_search(props, spec, warnings)
+    _parse_metrics(props, spec, warnings)
+    spec["extra_additions"] = tuple(
+        _addition(item, number) for number, item in enumerate(_listed(props.get("extra_additions", [])), 1)
+    )
+    spec["literature"] = tuple(
+        _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
+        for number, item in enumerate(_listed(props.get("literature", [])), 1)
+    )
+    return ExperimentSpec(**spec), warnings
+
+
+def _parse_vector(
+    props: dict[str, Any], spec: dict[str, Any], warnings: list[str], resolve_pairs: PairsResolver | None
+) -> None:
+    """The steering vector's source: a prompt pair (actadd), or the mean over contrast pairs."""
+    method = spec["method"] = _choice(props.get("method", "actadd"), "method", _CHOICES["method"])
+    ignored = ("pairs", "pair_position") if method == "actadd" else ("prompt_add", "prompt_sub")
+    for key in ignored:
+        if key in props:
+            warnings.append(f"{key}: not used by method: {method} — ignored")
+    if method == "actadd":
+        _parse_prompt_pair(props, spec)
+        return
+    _parse_pairs(
+        _required(props, "pairs", "a list of {add: …, sub: …} or a link to a note of pairs"), spec, resolve_pairs
+    )
+    if not spec["pairs"]:
+        raise SpecError("empty list — give at least one {add: …, sub: …} pair", key="pairs")
+    if all(add == sub for add, sub in spec["pairs"]):
+        raise SpecError("every pair has add equal to sub — the mean difference would be zero", key="pairs")
+    if "pair_position" in props:
+        spec["pair_position"] = _choice(props["pair_position"], "pair_position", _CHOICES["pair_position"])
+    if props.get("position", "all") != "all":
+        raise SpecError(
+            f"{_show(props['position'])} — method: mean_difference adds one vector at every position: position: all",
+            key="position",
+        )
+    spec["position"] = "all"
+
+
+def _parse_prompt_pair(props: dict[str, Any], spec: dict[str, Any]) -> None:
     spec["prompt_add"] = _prompt(_required(props, "prompt_add", "the text whose activations are added"), "prompt_add")
     spec["prompt_sub"] = _text(
         _required(props, "prompt_sub", 'the text whose activations are subtracted ("" for padding alone)'),
@@ -274,18 +352,46 @@ def _parse(properties: Mapping[str, Any], body: str) -> tuple[ExperimentSpec, li
             f"{_show(spec['prompt_sub'])} is the same as prompt_add — the steering vector would be zero",
             key="prompt_sub",
         )
-    spec["prompts"] = _all_prompts(props.get("prompts"), body)
-    _parse_scalars(props, spec)
-    _parse_search(props, spec, warnings)
-    _parse_metrics(props, spec, warnings)
-    spec["extra_additions"] = tuple(
-        _addition(item, number) for number, item in enumerate(_listed(props.get("extra_additions", [])), 1)
-    )
-    spec["literature"] = tuple(
-        _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
-        for number, item in enumerate(_listed(props.get("literature", [])), 1)
-    )
-    return ExperimentSpec(**spec), warnings
+
+
+def _parse_pairs(pairs: Any, spec: dict[str, Any], resolve_pairs: PairsResolver | None) -> None:
+    """A list of {add, sub} in the spec, or a link to a note of pairs (resolved by the vault layer)."""
+    if not (isinstance(pairs, str) and pairs.strip().startswith("[[")):
+        spec["pairs"] = tuple(_pair(item, number) for number, item in enumerate(_listed(pairs), 1))
+        return
+    if resolve_pairs is None:
+        raise SpecError(f"{pairs} — a link to a pairs note needs a vault: run the note with actadd-notes", key="pairs")
+    try:
+        spec["pairs_source"], found = resolve_pairs(pairs)
+    except ActaddError as error:
+        raise SpecError(str(error), key="pairs") from None
+    spec["pairs"] = tuple((str(add), str(sub)) for add, sub in found)
+
+
+def _pair(item: Any, number: int) -> tuple[str, str]:
+    if not isinstance(item, Mapping) or set(map(str, item)) != {"add", "sub"}:
+        raise SpecError(f"item {number}: {_show(item)} — expected {{add: …, sub: …}}", key="pairs")
+    try:
+        return _prompt(item["add"], "add"), _prompt(item["sub"], "sub")
+    except SpecError as error:
+        raise SpecError(f"item {number}: {error}", key="pairs") from None
+
+
+def _parse_placement(props: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Where a front addition starts (`offset`, or `align` on a text) and the coefficient's unit."""
+    if "coeff_unit" in props:
+        spec["coeff_unit"] = _choice(props["coeff_unit"], "coeff_unit", _CHOICES["coeff_unit"])
+    placed = [key for key in ("offset", "align") if key in props]
+    if not placed:
+        return
+    if len(placed) == 2:
+        raise SpecError("give offset or align, not both — align sets the offset of each prompt", key="align")
+    if spec.get("position", "front") != "front":
+        raise SpecError(
+            f"{placed[0]} places the front addition — with position: all every position is steered", key=placed[0]
+        )
+    if "align" in props:
+        spec["align"] = _text(props["align"], "align")
 
 
 def _parse_scalars(props: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -331,9 +437,13 @@ def _parse_search(props: dict[str, Any], spec: dict[str, Any], warnings: list[st
         spec.pop("coeff_scale", None)
         spec["layers"] = _grid(layer, "layer", _layer)
         spec["coeffs"] = _grid(coeff, "coeff", _finite)
+        if "offset" in props:
+            spec["offsets"] = _grid(props["offset"], "offset", _layer)
         return
     spec["trials"] = _whole(props.get("trials", 20), "trials", 1)
     spec["layer_range"] = _range(layer, "layer", _layer)
+    if "offset" in props:
+        spec["offset_range"] = _range(props["offset"], "offset", _layer)
     low, high = spec["coeff_range"] = _range(coeff, "coeff", _finite)
     if spec.get("coeff_scale") == "log" and low <= 0:
         raise SpecError(

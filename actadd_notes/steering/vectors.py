@@ -22,13 +22,17 @@ DEFAULT_PAD = " "  # the reference code right-pads the shorter prompt with the s
 
 @dataclass(frozen=True)
 class ActAdd:
-    """One activation addition: `coeff · (h_layer(prompt_add) − h_layer(prompt_sub))`."""
+    """One activation addition: `coeff · (h_layer(prompt_add) − h_layer(prompt_sub))`.
+
+    Front mode adds it from the prompt's first content token on, `offset` positions later when
+    given (the paper's injection position a is offset + 1 where a BOS token comes first)."""
 
     prompt_add: str
     prompt_sub: str
     layer: int
     coeff: float = 1.0
     pad_token: str = DEFAULT_PAD
+    offset: int = 0
 
     def __post_init__(self) -> None:
         for name in ("prompt_add", "prompt_sub"):
@@ -43,6 +47,8 @@ class ActAdd:
             raise SteeringError(f"coeff: {self.coeff} must be a finite number")
         if not self.pad_token:
             raise SteeringError("pad_token: empty — the reference pads with ' ' (a space)")
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise SteeringError(f"offset: {self.offset!r} must be a whole number ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class SteeringVector:
     add_ids: tuple[int, ...] = ()
     sub_ids: tuple[int, ...] = ()
     provenance: dict[str, str] = field(default_factory=dict)
+    offset: int = 0  # the first `offset` rows of `vector` are zeros: the addition starts that much later
 
     @property
     def positions(self) -> int:
@@ -83,6 +90,7 @@ class SteeringVector:
             "add_ids": json.dumps(list(self.add_ids)),
             "sub_ids": json.dumps(list(self.sub_ids)),
             "provenance": json.dumps(self.provenance, sort_keys=True),
+            "offset": str(self.offset),
         }
 
     def to_bytes(self) -> bytes:
@@ -117,4 +125,5 @@ class SteeringVector:
             add_ids=tuple(json.loads(meta["add_ids"])),
             sub_ids=tuple(json.loads(meta["sub_ids"])),
             provenance=json.loads(meta["provenance"]),
+            offset=int(meta.get("offset", "0")),
         )

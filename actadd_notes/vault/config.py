@@ -57,6 +57,10 @@ class VaultConfig:
         """A path inside the vault (VaultError if it leads out or into the config folder)."""
         return resolve_in_vault(self.root, Path(*parts), config_folder=self.config_folder)
 
+    def relative(self, path: Path) -> str:
+        """`path` as notes name it: vault-relative, with forward slashes."""
+        return path.resolve().relative_to(self.root.resolve()).as_posix()
+
     def _check(self, file: Path) -> None:
         def bad(key: str, message: str) -> VaultError:
             return VaultError(f"{file}: {key}: {message}", path=file)

@@ -33,7 +33,6 @@ from urllib.parse import quote
 from actadd_notes.errors import ActaddError, VaultError
 from actadd_notes.vault.notes import Note, create_note_if_missing, update_note
 from actadd_notes.vault.paths import safe_filename
-from actadd_notes.zotero import find_item
 
 if TYPE_CHECKING:
     from actadd_notes.vault.config import VaultConfig
@@ -257,7 +256,7 @@ def ensure_literature_notes(
         try:
             path = literature_note_path(config, citekey)
             results[citekey] = (
-                path if path.is_file() else write_literature_note(config, renderer, find_item(citekey, sources))
+                path if path.is_file() else write_literature_note(config, renderer, _find(citekey, sources))
             )
         except ActaddError as error:
             results[citekey] = error
@@ -277,7 +276,7 @@ def refresh_literature_notes(
     results: dict[str, Path | ActaddError] = {}
     for citekey in dict.fromkeys(citekeys):
         try:
-            item = find_item(citekey, sources)
+            item = _find(citekey, sources)
             results[citekey] = write_literature_note(config, renderer, item, refresh=True, force=force)
         except ActaddError as error:
             results[citekey] = error
@@ -347,3 +346,10 @@ def _sections(body: str) -> list[tuple[str | None, str]]:
             sections.append((heading.group(1).strip().casefold(), []))
         sections[-1][1].append(line)
     return [(title, "".join(lines)) for title, lines in sections if title is not None or lines]
+
+
+def _find(citekey: str, sources: Sequence[ZoteroSource]) -> ZoteroItem:
+    """Look `citekey` up; the Zotero client (an HTTP stack) loads only when a note needs it."""
+    from actadd_notes.zotero import find_item
+
+    return find_item(citekey, sources)
