@@ -274,12 +274,17 @@ def _make_add_hook(plan: SteeringPlan, state: _CallState, layer: int) -> PreHook
     return hook
 
 
+def check_layer(layer: int, num_layers: int, model_name: str = "this model") -> None:
+    """The one layer-range check of the engine: SteeringError naming the valid range."""
+    if not 0 <= layer < num_layers:
+        raise SteeringError(f"layer {layer}: {model_name} has layers 0–{num_layers - 1}")
+
+
 @contextmanager
 def steering_hooks(model: nn.Module, blocks: nn.ModuleList, plan: SteeringPlan) -> Iterator[None]:
     """Install `plan` on `model`; every hook comes off on exit, also on exceptions."""
     for layer in plan.layers:
-        if not 0 <= layer < len(blocks):
-            raise SteeringError(f"layer {layer}: this model has layers 0–{len(blocks) - 1}")
+        check_layer(layer, len(blocks))
     state = _CallState()
     handles = []
     try:

@@ -27,6 +27,7 @@ from actadd_notes.steering.batching import BatchPlan, DeviceSpec, ModelShape, fi
 from actadd_notes.steering.decode import DECODE_MODES, DecodeCompileError, DecodeMode, Decoder, decode_support
 from actadd_notes.steering.hooks import (
     SteeringPlan,
+    check_layer,
     everywhere_deltas,
     find_blocks,
     recording_block_inputs,
@@ -167,8 +168,7 @@ class SteerableLM:
         return dtype
 
     def check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.num_layers:
-            raise SteeringError(f"layer {layer}: {self.short_name} has layers 0–{self.num_layers - 1}")
+        check_layer(layer, self.num_layers, self.short_name)
 
     @property
     def short_name(self) -> str:

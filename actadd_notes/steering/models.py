@@ -153,12 +153,14 @@ def load_model(
         source = str(Path(source).expanduser())
     elif _offline():
         options["local_files_only"] = True
+    # on a GPU the weights go straight from the files to the card, not through host memory first
+    placement = device_map if device_map is not None or target.type != "cuda" else str(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **options)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=placement, **options)
     except (OSError, ValueError) as error:
         raise ModelError(_load_hint(name, error)) from error
-    if device_map is None:
+    if placement is None:
         model.to(target)
     return SteerableLM(model, tokenizer, name=display, block_path=block_path, prepend_bos=prepend_bos)
 

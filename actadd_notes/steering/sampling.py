@@ -127,22 +127,22 @@ class SeededGumbelSampler(LogitsProcessor):
         log_probs = torch.log_softmax(scores.float(), dim=-1)
         # the row's own position, left padding not counted: the same whatever else shares the batch
         positions = input_ids.shape[1] - self.pad_lengths.to(scores.device)
-        base = _row_base(self.seeds.to(scores.device), positions)
         # dense on an accelerator (cheap there, and its cost does not depend on the text); on the CPU,
         # noise only where a token can still be drawn: after top-p a handful per row
-        return cast(torch.FloatTensor, _perturbed(log_probs, base, dense=scores.device.type != "cpu"))
+        seeds = self.seeds.to(scores.device)
+        return cast(torch.FloatTensor, _perturbed(log_probs, seeds, positions, dense=scores.device.type != "cpu"))
 
 
 def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
     return (-torch.log(-torch.log(uniform))).to(torch.float32)
 
 
-def _perturbed(log_probs: torch.Tensor, base: torch.Tensor, *, dense: bool) -> torch.Tensor:
+def _perturbed(log_probs: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, *, dense: bool) -> torch.Tensor:
     """Log-probabilities plus each row's seeded Gumbel noise; -inf stays -inf. `dense` computes the noise for
     every token (no host synchronisation); otherwise only where a token can be drawn."""
     if dense:
-        tokens = torch.arange(log_probs.shape[-1], device=log_probs.device, dtype=torch.int64)
-        return log_probs + _gumbel(_unit(base[:, None], tokens[None, :]))
+        return log_probs + _gumbel(uniform_noise(seeds, positions, log_probs.shape[-1]))
+    base = _row_base(seeds, positions)
     rows, tokens = torch.nonzero(torch.isfinite(log_probs), as_tuple=True)
     sampled = torch.full_like(log_probs, -math.inf)
     sampled[rows, tokens] = log_probs[rows, tokens] + _gumbel(_unit(base[rows], tokens))
@@ -210,8 +210,7 @@ def sample_tokens(
             raise SteeringError(f"top_p_method: {top_p_method!r} — expected one of {', '.join(TOP_P_METHODS)}")
         scores = scores.masked_fill(~keep, -math.inf)
     log_probs = torch.log_softmax(scores.float(), dim=-1)
-    base = _row_base(seeds.to(torch.int64) & _MASK32, positions)
-    return _perturbed(log_probs, base, dense=dense_noise).argmax(dim=-1)
+    return _perturbed(log_probs, seeds.to(torch.int64) & _MASK32, positions, dense=dense_noise).argmax(dim=-1)
 
 
 def _nucleus_sort(scores: torch.Tensor, top_p: float) -> torch.Tensor:
