@@ -89,7 +89,7 @@ def test_the_baseline_is_sampling_matched_and_the_confirmation_uses_fresh_seeds(
         seeds.setdefault((row["stage"], row["setting"]), []).append((row["prompt"], row["sample"], row["seed"]))
     baseline = seeds.pop(("search", "baseline"))
     fresh = seeds.pop(("confirmation", "baseline"))
-    assert len(baseline) == len(fresh) == 20 and len(seeds) == 20 + 2
+    assert len(baseline) == 20 and len(fresh) == 60 and len(seeds) == 20 + 2  # confirm_samples: 60
     for (stage, label), setting_rows in seeds.items():
         assert setting_rows == (baseline if stage == "search" else fresh), label
     assert not {seed for *_, seed in baseline} & {seed for *_, seed in fresh}
@@ -97,8 +97,8 @@ def test_the_baseline_is_sampling_matched_and_the_confirmation_uses_fresh_seeds(
 
 def test_the_run_produces_every_artifact(love_hate):
     results, rows, folder = love_hate
-    assert results["schema"] == "actadd-notes/results/v1"
-    assert len(rows) == 21 * 20 + 3 * 20
+    assert results["schema"] == "actadd-notes/results/v2"
+    assert len(rows) == 21 * 20 + 3 * 60
     for plot in ("heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert (folder / f"vector-L{results['best']['layer']}.safetensors").is_file()
