@@ -479,8 +479,8 @@ def vector(
 def demo(directory: Path | None, device: str, dtype: str, as_json: bool) -> None:
     """Copy the example vault to DIRECTORY (default: a new temp folder) and run its experiment.
 
-    Uses the embedded SmolLM2-135M-Instruct; on a 2-core CPU the example sweep takes about two
-    minutes. Open DIRECTORY in Obsidian afterwards: result note, plots, journal, literature.
+    Uses the embedded SmolLM2-135M-Instruct; on a 2-core CPU the example sweep and its
+    confirmation take a few minutes. Open DIRECTORY in Obsidian afterwards: result note, plots, journal, literature.
     DIRECTORY must be new or empty.
 
     \b

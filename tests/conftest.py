@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-# `actadd-notes demo` runs inside whichever test first asks for `demo_vault`: about two minutes
+# `actadd-notes demo` runs inside whichever test first asks for `demo_vault`: a few minutes
 # on an idle 2-core machine, many more on a loaded one. Every test that uses the fixture gets
 # this pytest-timeout (pytest_collection_modifyitems), and the demo's own subprocess gives up
 # first, so a slow machine fails with the demo's stderr rather than a bare timeout.

@@ -213,3 +213,13 @@ def test_a_trial_without_an_objective_value_is_logged_not_fatal():
     missing = [t for t in log if t["value"] is None]
     assert missing and all(t["coeff"] > 0 for t in missing)
     assert to_best is not None and log[to_best - 1]["value"] == max(t["value"] for t in log if t["value"] is not None)
+
+
+def test_the_bayes_winner_is_confirmed_on_fresh_seeds_like_a_grids(bayes):
+    assert bayes.confirmation is not None and bayes.confirmation.best.setting == bayes.best.setting
+    search_seeds = {s.completion.seed for s in bayes.samples if s.stage == SEARCH}
+    fresh = {s.completion.seed for s in bayes.samples if s.stage != SEARCH}
+    assert fresh and not fresh & search_seeds
+    line = next(line for line in bayes.findings if line.startswith("Bayesian search"))
+    assert f"trial {bayes.trials_to_best} of {len(bayes.trials)}; on fresh seeds that setting's Δ is" in line
+    assert bayes.effect in ("detected", "not specific", "not detected")

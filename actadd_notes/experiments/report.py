@@ -72,7 +72,12 @@ def _search_lines(result: ExperimentResult) -> list[str]:
         f"{SIGNIFICANT:g} (family-wise over all {tested})."
     )
     if result.trials:
-        lines.append(f"Bayesian search: the best feasible value was first reached at trial {result.trials_to_best}.")
+        confirmed = result.confirmation.best.differences.get(score) if result.confirmation else None
+        on_fresh = f"; on fresh seeds that setting's Δ is {interval(confirmed)}" if confirmed else ""
+        lines.append(
+            f"Bayesian search: the best feasible value was first reached at trial {result.trials_to_best} of "
+            f"{len(result.trials)}{on_fresh}."
+        )
     return lines
 
 
