@@ -305,7 +305,15 @@ def test_a_missing_model_fails_the_job_with_a_model_error(runner, example_vault,
     assert outcome.error.startswith("Experiments/love.md: model ")
 
 
-def test_the_model_pool_reloads_after_a_failed_load():
+def test_a_spec_dtype_loads_the_model_again_in_that_precision():
+    loads = []
+    slot = ModelSlot(lambda name, **options: loads.append((name, options)) or f"lm:{name}:{len(loads)}", dtype="auto")
+    assert slot.get("a") == slot.get("a", "auto") == "lm:a:1"  # the slot's own precision, kept
+    assert slot.get("a", "float32") == "lm:a:2"  # the spec's precision is another model
+    assert loads == [("a", {"dtype": "auto"}), ("a", {"dtype": "float32"})]
+
+
+def test_the_model_slot_reloads_after_a_failed_load():
     loads = []
 
     def loader(name, **options):

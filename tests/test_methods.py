@@ -247,7 +247,12 @@ def test_a_spec_reads_its_pairs_from_a_linked_note(tmp_path, llama):
     )
     assert spec.pairs == (("Love", "Hate"), ("Joy", "Grief")) and spec.pairs_source == "Pairs/sentiment.md"
     (tmp_path / "Pairs" / "empty.md").write_text("no pairs here\n")
-    for link, message in (("[[empty]]", "no pairs in the note"), ("[[missing]]", "no note named missing.md")):
+    cases = (
+        ("[[empty]]", "no pairs in the note"),
+        ("[[missing]]", "no note named missing.md"),
+        ("[[*]]", r"no note named \*\.md"),
+    )
+    for link, message in cases:
         with pytest.raises(VaultError, match=message):
             read_pairs(config, link)
 

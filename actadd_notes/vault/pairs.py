@@ -14,6 +14,7 @@ two texts is an error naming its line.
 
 from __future__ import annotations
 
+import glob
 import re
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _resolve(config: VaultConfig, link: str) -> Path:
             raise VaultError(f"{link}: no note {target}.md in the vault", path=target)
         return path
     keep = NoteFilter(root=config.root)
-    matches = [p for p in sorted(config.root.rglob(f"{target}.md")) if keep(None, p) and p.is_file()]
+    matches = [p for p in sorted(config.root.rglob(glob.escape(target) + ".md")) if keep(None, p) and p.is_file()]
     if not matches:
         raise VaultError(f"{link}: no note named {target}.md in the vault", path=target)
     if len(matches) > 1:
