@@ -29,6 +29,7 @@ from actadd_notes.errors import ActaddError
 
 if TYPE_CHECKING:
     from actadd_notes.jobs import JobOutcome, JobRunner
+    from actadd_notes.steering.lm import SteerableLM
     from actadd_notes.vault.config import VaultConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,7 +83,11 @@ def _quiet_transformers() -> None:
 
 
 def _check_device(device: str, dtype: str) -> None:
-    """Refuse --device/--dtype this machine cannot use before any model loads or note changes."""
+    """Refuse --device/--dtype this machine cannot use before any model loads or note changes.
+    The defaults are always usable, and checking anything needs torch (two seconds of start-up
+    on a laptop), so they pass unchecked."""
+    if device in ("auto", "cpu") and dtype == "auto":
+        return
     import torch
 
     from actadd_notes.steering.models import resolve_device, resolve_dtype
@@ -101,9 +106,16 @@ def _runner(config: VaultConfig, device: str, dtype: str) -> JobRunner:
     from actadd_notes.jobs import JobRunner, ModelSlot
 
     _check_device(device, dtype)
-    _quiet_transformers()
     announce = lambda line: click.echo(line, err=True)
-    return JobRunner(config, models=ModelSlot(announce=announce, device=device, dtype=dtype))
+    return JobRunner(config, models=ModelSlot(_load_quietly, announce=announce, device=device, dtype=dtype))
+
+
+def _load_quietly(name: str, **options: Any) -> SteerableLM:
+    """`load_model` without transformers' progress bars and warnings (imported with the first model)."""
+    from actadd_notes.steering.models import load_model
+
+    _quiet_transformers()
+    return load_model(name, **options)
 
 
 class _ProgressBar:

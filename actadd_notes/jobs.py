@@ -242,14 +242,18 @@ class JobRunner:
         from actadd_notes.experiments.pipeline import run_experiment
 
         last = [0.0]
+        started = [False]
 
         def report(done: int, total: int, stage: str) -> None:
             if progress is not None:
                 progress(done, total, stage)
             now = time.monotonic()
-            if now - last[0] >= PROGRESS_EVERY_S:
-                last[0] = now
-                self._update(path, lambda note: note.set("progress", f"{100 * done // max(total, 1)}%"))
+            # the first finished batch shows at once, as at least 1% (the model is loaded and generating);
+            # later ones every few seconds
+            if now - last[0] >= PROGRESS_EVERY_S or (done > 0 and not started[0]):
+                last[0], started[0] = now, done > 0
+                percent = 100 * done // max(total, 1) or (1 if done else 0)
+                self._update(path, lambda note: note.set("progress", f"{percent}%"))
 
         return run_experiment(
             spec,

@@ -171,7 +171,19 @@ def part_c(args, log, device) -> dict:
 
 
 def part_s(lm, args, log) -> dict:
-    """The sampler alone on random logits [rows, vocab]: ms per step and agreement with the processors."""
+    """The sampler alone on random logits [rows, vocab]: ms per step and agreement with the processors.
+    With several `--radix-bits` splits each is compiled and timed; the engine's own split is restored after."""
+    from actadd_notes.steering import sampling as sampling_module
+
+    engine_bits = sampling_module._RADIX_BITS
+    try:
+        return _part_s(lm, args, log)
+    finally:
+        sampling_module._RADIX_BITS = engine_bits
+        torch._dynamo.reset()
+
+
+def _part_s(lm, args, log) -> dict:
     vocab = lm.model.config.vocab_size
     device = lm.device
     sampling = Sampling(**SAMPLING)
@@ -203,27 +215,10 @@ def part_s(lm, args, log) -> dict:
             for method in (
                 args.sampler_methods if device.type == "cuda" and batch in args.compiled_sampler_batches else ()
             ):
-                compiled = torch.compile(functools.partial(fast, method), fullgraph=True, dynamic=False)
-                started = time.perf_counter()
-                compiled()
-                sync()
-                entry[f"{method}_compile_s"] = time.perf_counter() - started
-                variants[f"{method}_compiled"] = compiled
-                static_out = torch.empty(batch, dtype=torch.int64, device=device)
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    compiled()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    static_out.copy_(compiled())
-                variants[f"{method}_compiled_graph"] = lambda graph=graph, static_out=static_out: (
-                    graph.replay(),
-                    static_out,
-                )[1]
-                if batch == max(args.compiled_sampler_batches):
-                    out[f"profile/{spread_name}/{batch}/{method}"] = kernel_table(compiled, log)
+                splits = args.radix_bits if method == "radix" else [None]
+                for bits in splits:
+                    name = method if bits is None or len(splits) == 1 else f"{method}{'-'.join(map(str, bits))}"
+                    compile_variant(name, method, bits, fast, batch, entry, variants, out, spread_name, args, log)
             for name, fn in variants.items():
                 for _ in range(2):
                     got = fn()
@@ -233,6 +228,44 @@ def part_s(lm, args, log) -> dict:
             out[f"{spread_name}/{batch}"] = entry
             log(f"S {spread_name} batch {batch}: " + json.dumps({k: round(v, 4) for k, v in entry.items()}))
     return out
+
+
+def compile_variant(name, method, bits, fast, batch, entry, variants, out, spread_name, args, log) -> None:
+    """Compile `fast(method)` (radix with the digit split `bits`), capture it as a CUDA graph, add both to
+    `variants`; the split is a module constant read at trace time, so each split compiles afresh."""
+    from actadd_notes.steering import sampling as sampling_module
+
+    if bits is not None:
+        sampling_module._RADIX_BITS = tuple(bits)
+        torch._dynamo.reset()
+    device = torch.device("cuda")
+    compiled = torch.compile(functools.partial(fast, method), fullgraph=True, dynamic=False)
+    started = time.perf_counter()
+    compiled()
+    sync()
+    entry[f"{name}_compile_s"] = time.perf_counter() - started
+    if bits is not None:  # the plain compiled call re-checks the constant: keep it at this split
+        variants[f"{name}_compiled"] = lambda compiled=compiled, bits=tuple(bits): (
+            setattr(sampling_module, "_RADIX_BITS", bits),
+            compiled(),
+        )[1]
+    else:
+        variants[f"{name}_compiled"] = compiled
+    static_out = torch.empty(batch, dtype=torch.int64, device=device)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        compiled()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out.copy_(compiled())
+    variants[f"{name}_compiled_graph"] = lambda graph=graph, static_out=static_out: (
+        graph.replay(),
+        static_out,
+    )[1]
+    if batch == max(args.compiled_sampler_batches):
+        out[f"profile/{spread_name}/{batch}/{name}"] = kernel_table(compiled, log)
 
 
 def kernel_table(fn, log, rows: int = 14) -> str:
@@ -534,6 +567,9 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--sampler-batches", default="1,16,64,560")
     parser.add_argument("--compiled-sampler-batches", default="1,560")
     parser.add_argument("--sampler-methods", default="radix")
+    parser.add_argument(
+        "--radix-bits", default="", help="digit splits to time, e.g. 11-11-10,16-16 (default: engine's)"
+    )
     parser.add_argument("--step-batches", default="1,560")
     parser.add_argument("--composition-batches", default="576,64,16")
     parser.add_argument("--hard-s", type=float, default=570.0, help="parts that would end after this are skipped")
@@ -550,6 +586,8 @@ def parse(argv) -> argparse.Namespace:
     args.compiled_sampler_batches = ints(args.compiled_sampler_batches)
     args.composition_batches = ints(args.composition_batches)
     args.sampler_methods = args.sampler_methods.split(",")
+    splits = [split for split in args.radix_bits.split(",") if split]
+    args.radix_bits = [tuple(int(b) for b in split.split("-")) for split in splits] or [None]
     args.step_batches = ints(args.step_batches)
     if args.tiny:
         args.reps, args.reps_b, args.reps_eager, args.samples = 2, 1, 1, 2

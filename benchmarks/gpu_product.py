@@ -96,6 +96,66 @@ def child(events_path: str, argv: list[str]) -> int:
     return code
 
 
+def load_child(loader: str, model_dir: str) -> dict:
+    """In a fresh process: seconds to import torch, to start CUDA, to import transformers, and to load
+    the model by `loader` (`transformers`: from_pretrained straight to the card; `engine`: load_model)."""
+    stamps = {}
+    begin = time.perf_counter()
+    import torch
+
+    stamps["import_torch_s"] = time.perf_counter() - begin
+    begin = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.init()
+        torch.empty(1, device="cuda")
+    stamps["cuda_start_s"] = time.perf_counter() - begin
+    begin = time.perf_counter()
+    from transformers import AutoModelForCausalLM
+
+    from actadd_notes.steering.models import load_model
+
+    stamps["import_transformers_s"] = time.perf_counter() - begin
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    begin = time.perf_counter()
+    if loader == "transformers":
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map=device)
+    else:
+        load_model(model_dir, device=device, dtype="bfloat16")
+    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    stamps["load_s"] = time.perf_counter() - begin
+    return stamps
+
+
+def compare_loaders(model_dir: Path, env: dict, rounds: int) -> list[dict]:
+    """Both loaders, alternating, each in a fresh process timed from outside too (start-up and exit)."""
+    results = []
+    for _ in range(rounds):
+        for loader in ("transformers", "engine"):
+            begin = time.perf_counter()
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--tokenizer",
+                    "-",
+                    "--load-child",
+                    loader,
+                    str(model_dir),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            entry = {"loader": loader, "wall_s": time.perf_counter() - begin, "returncode": done.returncode}
+            try:
+                entry.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                entry["stderr_tail"] = done.stderr[-1500:]
+            results.append(entry)
+            print(json.dumps(entry), flush=True)
+    return results
+
+
 def build_model(folder: Path, tokenizer_dir: str, tiny: bool) -> dict:
     import torch
     from gpu_steering import model_config
@@ -126,11 +186,16 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--confirmed-runs", type=int, default=1, help="more runs with the confirmation stage on")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--loader-rounds", type=int, default=2, help="rounds of the two loaders, alternating")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("--load-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child[0], args.child[1:])
+    if args.load_child:
+        print(json.dumps(load_child(*args.load_child)))
+        return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     work = Path(tempfile.mkdtemp(prefix="actadd-product-"))
     model_dir = work / "llama-3-8b-shape"
@@ -145,6 +210,7 @@ def main(argv=None) -> int:
         "ACTADD_NOTES_CACHE_DIR": str(work / "cache"),
     }
     python = [sys.executable]
+    summary["loaders"] = compare_loaders(model_dir, env, args.loader_rounds)
     started = time.perf_counter()
     helps = []
     for _ in range(3):
@@ -196,7 +262,8 @@ def main(argv=None) -> int:
             generation = sum(e["end_s"] - e["start_s"] for e in stamps.get("complete", []))
             scoring = sum(e["end_s"] - e["start_s"] for e in stamps.get("perplexities", []))
             entry["phases_s"] = {
-                "python_start_and_cli_import": wall - stamps["end_s"] + stamps["cli_imported_s"],
+                "python_start_and_exit": wall - stamps["end_s"],
+                "cli_import": stamps["cli_imported_s"],
                 "until_load": stamps.get("load_start_s", 0) - stamps["cli_imported_s"],
                 "load_model": stamps.get("load_end_s", 0) - stamps.get("load_start_s", 0),
                 "generation": generation,

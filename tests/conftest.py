@@ -46,7 +46,7 @@ def _isolated_user_paths(monkeypatch, tmp_path, session_cache):
 @pytest.fixture(scope="session")
 def demo_vault(tmp_path_factory, session_cache):
     """`actadd-notes demo` (the README's main job) run once per test session: the example
-    vault's Love − Hate sweep on the embedded model, 420 completions (minutes on 2 cores).
+    vault's Love − Hate sweep on the embedded model and its confirmation, 600 completions (minutes on 2 cores).
     The demo test and the paper's acceptance test both read what it wrote."""
     target = tmp_path_factory.mktemp("demo") / "vault"
     env = {**os.environ, "ACTADD_NOTES_CACHE_DIR": str(session_cache), "HF_HUB_OFFLINE": "1"}

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from actadd_notes.errors import ModelError
+from actadd_notes.steering.checkpoint import load_into, plan
 from actadd_notes.steering.lm import SteerableLM
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -157,12 +162,51 @@ def load_model(
     placement = device_map if device_map is not None or target.type != "cuda" else str(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=placement, **options)
+        model: Any = None
+        if device_map is None and Path(source).is_dir():
+            model = _read_folder(Path(source), torch_dtype, target, trust_remote_code)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=placement, **options)
     except (OSError, ValueError) as error:
         raise ModelError(_load_hint(name, error)) from error
     if placement is None:
         model.to(target)
     return SteerableLM(model, tokenizer, name=display, block_path=block_path, prepend_bos=prepend_bos)
+
+
+def _read_folder(folder: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> Any | None:
+    """The model built on `device` and filled by `checkpoint` (about a third faster than transformers'
+    loader on a GPU), or None where the folder is not a plain checkpoint of it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if getattr(config, "quantization_config", None) is not None:
+        return None
+    with _uninitialised(), torch.device(device):
+        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    model.tie_weights()
+    keeps_fp32 = getattr(model, "_keep_in_fp32_modules", None)
+    entries = "it keeps modules in fp32" if keeps_fp32 else plan(model, folder)
+    if isinstance(entries, str):
+        logger.info("%s: transformers reads the weights (%s)", folder, entries)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+    load_into(model, entries)
+    model.config._name_or_path = str(folder)
+    return model.eval()
+
+
+def _uninitialised() -> Any:
+    """No random initialisation of weights that the checkpoint overwrites (transformers' own switch)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return nullcontext()
+    return no_init_weights()
 
 
 def _offline() -> bool:

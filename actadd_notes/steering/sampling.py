@@ -169,7 +169,9 @@ def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Seq
 TopPMethod = Literal["sort", "radix"]
 TOP_P_METHODS: tuple[TopPMethod, ...] = ("sort", "radix")
 
-_RADIX_BITS = (11, 11, 10)  # three passes over the 32-bit order key
+# two passes over the 32-bit order key: each pass is one atomic add per token, and wide digits spread those
+# adds over many buckets (on the H200 at 560 rows: 3.6-3.8 ms a step, against 4.2 for 11-11-10 and 7.8 for 8-8-8-8)
+_RADIX_BITS = (16, 16)
 
 
 def sample_tokens(
@@ -234,7 +236,7 @@ def _nucleus_radix(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 
     A token is kept when the probability mass strictly above it is below `top_p` — `TopPLogitsWarper`'s
     rule in exact arithmetic — so the kept set is every token whose order key is at least the smallest key
-    κ with mass-above(κ) < top_p. κ is found a digit at a time (11, 11 and 10 bits): a histogram of the
+    κ with mass-above(κ) < top_p. κ is found a digit at a time (two of 16 bits): a histogram of the
     mass per digit within the digits fixed so far, and its suffix sums, place κ in one bucket. Masses are
     whole numbers held in float64 (the row's largest probability is 2^(52 − ⌈log₂ vocab⌉)), so no sum
     exceeds 2⁵² and every sum is exact whatever the order of addition: a row's nucleus does not depend on
