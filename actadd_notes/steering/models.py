@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -175,17 +174,21 @@ def load_model(
 
 
 def _read_folder(folder: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> Any | None:
-    """The model built on `device` and filled by `checkpoint` (about a third faster than transformers'
-    loader on a GPU), or None where the folder is not a plain checkpoint of it."""
+    """The model filled by `checkpoint` (about a third faster than transformers' loader on a GPU), or None
+    where the folder is not a plain checkpoint of it."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if getattr(config, "quantization_config", None) is not None:
         return None
-    with _uninitialised(), torch.device(device):
+    # parameters on the meta device (no memory, no initialisation), buffers computed on the CPU as
+    # transformers computes them: rotary frequencies computed on a GPU differ in their last bits
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
             config, dtype=dtype, trust_remote_code=trust_remote_code
         )
+    _allocate(model, device)
     model.tie_weights()
     keeps_fp32 = getattr(model, "_keep_in_fp32_modules", None)
     entries = "it keeps modules in fp32" if keeps_fp32 else plan(model, folder)
@@ -200,13 +203,20 @@ def _read_folder(folder: Path, dtype: torch.dtype, device: torch.device, trust_r
     return model.eval()
 
 
-def _uninitialised() -> Any:
-    """No random initialisation of weights that the checkpoint overwrites (transformers' own switch)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:
-        return nullcontext()
-    return no_init_weights()
+def _allocate(model: torch.nn.Module, device: torch.device) -> None:
+    """Memory on `device` for every parameter (left uninitialised: the checkpoint fills it), one tensor for
+    parameters that are tied, and the buffers copied there."""
+    allocated: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                if id(param) not in allocated:
+                    empty = torch.empty_like(param, device=device)
+                    allocated[id(param)] = torch.nn.Parameter(empty, requires_grad=param.requires_grad)
+                module._parameters[name] = allocated[id(param)]
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
 
 
 def _offline() -> bool:
