@@ -84,8 +84,8 @@ def _quiet_transformers() -> None:
 
 def _check_device(device: str, dtype: str) -> None:
     """Refuse --device/--dtype this machine cannot use before any model loads or note changes.
-    The defaults are always usable, and checking anything needs torch (two seconds of start-up
-    on a laptop), so they pass unchecked."""
+    The defaults are always usable, and checking anything needs torch and transformers (1.5–2 s of
+    `watch`'s start-up on a 2-core machine), so they pass unchecked."""
     if device in ("auto", "cpu") and dtype == "auto":
         return
     import torch

@@ -19,7 +19,6 @@ import struct
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,8 @@ def plan(model: torch.nn.Module, folder: Path) -> list[Entry] | str:
         entries = [entry for path in files for entry in read_header(path)]
     except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
         return f"a weights file cannot be read ({error})"
-    state = model.state_dict()
+    # the tensors themselves (tied parameters are one object), so the plan can be made on the meta device
+    state = model.state_dict(keep_vars=True)
     loaded: set[int] = set()
     for entry in entries:
         target = state.get(entry.name)
@@ -111,12 +111,12 @@ def plan(model: torch.nn.Module, folder: Path) -> list[Entry] | str:
             return f"the checkpoint's {entry.name} is no parameter of the model (it needs transformers' renaming)"
         if tuple(target.shape) != entry.shape:
             return f"{entry.name} is {list(entry.shape)} in the checkpoint but {list(target.shape)} in the model"
-        if entry.length != target.numel() * torch.empty((), dtype=entry.dtype).element_size():
+        if entry.length != target.numel() * entry.dtype.itemsize:
             return f"{entry.name}: its byte range does not match its shape"
-        loaded.add(target.untyped_storage().data_ptr())
+        loaded.add(id(target))
     names = {entry.name for entry in entries}
     for name, tensor in state.items():
-        if name not in names and tensor.untyped_storage().data_ptr() not in loaded:
+        if name not in names and id(tensor) not in loaded:
             return f"the model's {name} is not in the checkpoint"
     return entries
 
@@ -147,8 +147,8 @@ def _pieces(entry: Entry, target: torch.Tensor) -> Iterator[_Piece]:
 
 
 class _Buffers:
-    """Per-thread read buffers and streams; entries stored in another dtype than their tensor are read
-    into a staging tensor, cast once their last piece has arrived."""
+    """Per-thread pinned buffers and streams (on a GPU); entries stored in another dtype than their tensor
+    are read into a staging tensor, cast once their last piece has arrived."""
 
     def __init__(self, device: torch.device, pieces: list[_Piece]):
         self.device = device
@@ -160,25 +160,24 @@ class _Buffers:
             self.pending[piece.entry.name] = self.pending.get(piece.entry.name, 0) + 1
 
     def copy(self, piece: _Piece) -> None:
-        host, stream = self._host()
+        destination = self._destination(piece)[piece.begin : piece.end]
+        if self.device.type != "cuda":  # host memory: read straight into the tensor's bytes
+            _read(piece.entry, piece.begin, memoryview(destination.detach().numpy().data))
+            self._cast_if_complete(piece)
+            return
+        host, stream = self._pinned()
         size = piece.end - piece.begin
         _read(piece.entry, piece.begin, memoryview(host.numpy().data)[:size])
-        destination = self._destination(piece)[piece.begin : piece.end]
-        with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            destination.copy_(host[:size], non_blocking=stream is not None)
-            if stream is not None:
-                stream.synchronize()  # the piece has arrived, and this thread's buffer is free again
-            staged = self._completed_staging(piece)
-            if staged is not None:
-                piece.target.copy_(staged)
-                if stream is not None:
-                    stream.synchronize()  # before the staging copy is freed
+        with torch.cuda.stream(stream):
+            destination.copy_(host[:size], non_blocking=True)
+            stream.synchronize()  # the piece has arrived, and this thread's buffer is free again
+            self._cast_if_complete(piece)
+            stream.synchronize()  # before a staging copy is freed
 
-    def _host(self) -> tuple[torch.Tensor, torch.cuda.Stream | None]:
+    def _pinned(self) -> tuple[torch.Tensor, torch.cuda.Stream]:
         if not hasattr(self.local, "buffer"):
-            on_gpu = self.device.type == "cuda"
-            self.local.buffer = torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=on_gpu)
-            self.local.stream = torch.cuda.Stream(self.device) if on_gpu else None  # type: ignore[no-untyped-call]
+            self.local.buffer = torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True)
+            self.local.stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         return self.local.buffer, self.local.stream
 
     def _destination(self, piece: _Piece) -> torch.Tensor:
@@ -192,12 +191,14 @@ class _Buffers:
                 staged = self.staged[entry.name] = torch.empty(entry.shape, dtype=entry.dtype, device=self.device)
         return staged.view(-1).view(torch.uint8)
 
-    def _completed_staging(self, piece: _Piece) -> torch.Tensor | None:
-        """The staging copy of this piece's entry once all its pieces have arrived, else None."""
+    def _cast_if_complete(self, piece: _Piece) -> None:
+        """Once all pieces of an entry read into a staging copy have arrived, cast it into the tensor."""
         name = piece.entry.name
         with self.lock:
             self.pending[name] -= 1
-            return self.staged.pop(name) if self.pending[name] == 0 and name in self.staged else None
+            staged = self.staged.pop(name) if self.pending[name] == 0 and name in self.staged else None
+        if staged is not None:
+            piece.target.copy_(staged)
 
 
 def _read(entry: Entry, begin: int, into: memoryview) -> None:

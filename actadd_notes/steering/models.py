@@ -188,16 +188,13 @@ def _read_folder(folder: Path, dtype: torch.dtype, device: torch.device, trust_r
         model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
             config, dtype=dtype, trust_remote_code=trust_remote_code
         )
-    _allocate(model, device)
     model.tie_weights()
     keeps_fp32 = getattr(model, "_keep_in_fp32_modules", None)
     entries = "it keeps modules in fp32" if keeps_fp32 else plan(model, folder)
-    if isinstance(entries, str):
+    if isinstance(entries, str):  # decided before any memory is taken on the device
         logger.info("%s: transformers reads the weights (%s)", folder, entries)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         return None
+    _allocate(model, device)
     load_into(model, entries)
     model.config._name_or_path = str(folder)
     return model.eval()
