@@ -12,7 +12,7 @@ engine as it was), and in part H transformers' own `generate(cache_implementatio
 
 R  copy bandwidth and the batch-1 floor for these weights
 C  correctness: tokens of every path against generate, float32 (small Llama shape) and bf16 (8B)
-S  the sampler alone, ms per step: transformers' processors vs sample_tokens (sort / radix,
+S  the sampler alone, ms per step: transformers' processors vs sample_tokens (sort / radix / triton,
    eager / compiled / CUDA graph), flat and peaked random logits, and token agreement
 A  batch 1, 64 tokens: plain vs steered (one ActAdd at layer 16, c=4), interleaved, per path
 L  batch 1, max_new_tokens 32 / 128 / 512 (compiled, static)
@@ -175,11 +175,11 @@ def part_s(lm, args, log) -> dict:
     With several `--radix-bits` splits each is compiled and timed; the engine's own split is restored after."""
     from actadd_notes.steering import sampling as sampling_module
 
-    engine_bits = sampling_module._RADIX_BITS
+    engine_bits = dict(sampling_module._RADIX_BITS)
     try:
         return _part_s(lm, args, log)
     finally:
-        sampling_module._RADIX_BITS = engine_bits
+        sampling_module._RADIX_BITS.update(engine_bits)
         torch._dynamo.reset()
 
 
@@ -210,12 +210,14 @@ def _part_s(lm, args, log) -> dict:
                 "sort_eager": lambda: fast("sort"),
             }
             for method in args.sampler_methods:
+                if method == "triton" and device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
+                    continue  # Triton kernels need a GPU, or the interpreter on a CPU
                 variants[f"{method}_eager"] = lambda method=method: fast(method)
             entry = {}
             for method in (
                 args.sampler_methods if device.type == "cuda" and batch in args.compiled_sampler_batches else ()
             ):
-                splits = args.radix_bits if method == "radix" else [None]
+                splits = args.radix_bits if method in ("radix", "triton") else [None]
                 for bits in splits:
                     name = method if bits is None or len(splits) == 1 else f"{method}{'-'.join(map(str, bits))}"
                     compile_variant(name, method, bits, fast, batch, entry, variants, out, spread_name, args, log)
@@ -231,12 +233,12 @@ def _part_s(lm, args, log) -> dict:
 
 
 def compile_variant(name, method, bits, fast, batch, entry, variants, out, spread_name, args, log) -> None:
-    """Compile `fast(method)` (radix with the digit split `bits`), capture it as a CUDA graph, add both to
-    `variants`; the split is a module constant read at trace time, so each split compiles afresh."""
+    """Compile `fast(method)` (radix or triton with the digit split `bits`), capture it as a CUDA graph, add
+    both to `variants`; the split is a module constant read at trace time, so each split compiles afresh."""
     from actadd_notes.steering import sampling as sampling_module
 
     if bits is not None:
-        sampling_module._RADIX_BITS = tuple(bits)
+        sampling_module._RADIX_BITS[method] = tuple(bits)
         torch._dynamo.reset()
     device = torch.device("cuda")
     compiled = torch.compile(functools.partial(fast, method), fullgraph=True, dynamic=False)
@@ -246,7 +248,7 @@ def compile_variant(name, method, bits, fast, batch, entry, variants, out, sprea
     entry[f"{name}_compile_s"] = time.perf_counter() - started
     if bits is not None:  # the plain compiled call re-checks the constant: keep it at this split
         variants[f"{name}_compiled"] = lambda compiled=compiled, bits=tuple(bits): (
-            setattr(sampling_module, "_RADIX_BITS", bits),
+            sampling_module._RADIX_BITS.__setitem__(method, bits),
             compiled(),
         )[1]
     else:
@@ -566,7 +568,7 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--lengths", default="32,128,512")
     parser.add_argument("--sampler-batches", default="1,16,64,560")
     parser.add_argument("--compiled-sampler-batches", default="1,560")
-    parser.add_argument("--sampler-methods", default="radix")
+    parser.add_argument("--sampler-methods", default="radix,triton")
     parser.add_argument(
         "--radix-bits", default="", help="digit splits to time, e.g. 11-11-10,16-16 (default: engine's)"
     )
@@ -641,8 +643,6 @@ def main(argv=None) -> int:
                 summary["parts"][part] = PARTS[part](lm, args, log, floor)
                 if part == "R":
                     floor = summary["parts"]["R"]["floor_tok_s_batch1"]
-                if part == "S" and len(args.sampler_methods) > 1:
-                    summary["sampler_used_later"] = pick_sampler(lm, summary["parts"]["S"], args, log)
         except Exception as error:  # a part that fails leaves the others' numbers
             summary["parts"][part] = {"error": repr(error), "traceback": traceback.format_exc()[-4000:]}
             log(f"{part} failed: {error!r}\n{traceback.format_exc()[-2500:]}")
@@ -654,19 +654,6 @@ def main(argv=None) -> int:
     print_table(summary)
     print(f"wrote {out_path}")
     return 0
-
-
-def pick_sampler(lm, results: dict, args, log) -> str:
-    """The later parts decode with the top-p method that sampled fastest, compiled, at the largest batch."""
-    from actadd_notes.steering.decode import Decoder
-
-    batch = max(args.compiled_sampler_batches)
-    timings = {m: results.get(f"flat/{batch}", {}).get(f"{m}_compiled_graph_ms") for m in args.sampler_methods}
-    timings = {m: t for m, t in timings.items() if t is not None}
-    best = min(timings, key=timings.get) if timings else args.sampler_methods[0]
-    lm._decoders["compiled"] = Decoder(lm.model, lm.blocks, backend=lm.compile_backend, top_p_method=best)
-    log(f"compiled sampler for the later parts: {best} ({timings})")
-    return best
 
 
 def _entries(summary: dict, part: str) -> list[tuple[str, dict]]:

@@ -11,6 +11,10 @@ import sys
 
 import pytest
 
+# The sampler's Triton kernels run in Triton's interpreter on the tests' CPU tensors: the switch is read
+# when a kernel is defined, so it is set before anything imports `sampling_kernels`.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # `actadd-notes demo` runs inside whichever test first asks for `demo_vault`: a few minutes
 # on an idle 2-core machine, many more on a loaded one. Every test that uses the fixture gets
 # this pytest-timeout (pytest_collection_modifyitems), and the demo's own subprocess gives up

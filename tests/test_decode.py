@@ -98,6 +98,20 @@ def test_the_compiled_radix_sampler_matches_generate():
     assert "radix top-p" in lm.last_generation.sampler
 
 
+def test_the_triton_sampler_in_the_decode_loop_matches_generate():
+    """The default on CUDA, here with the kernels in Triton's interpreter: the loop's buffers go to them as
+    they are, and the rows sample what the processors sample."""
+    from actadd_notes.steering.decode import Decoder
+
+    lm = tiny_lm("llama", prepend_bos=True)
+    lm._decoders["static"] = Decoder(lm.model, lm.blocks, backend=None, top_p_method="triton")
+    for position in ("front", "all"):
+        eager, static = both(lm, "static", max_new_tokens=10, position=position, **PAPER)
+        assert lm.last_generation.decode == "static", lm.last_generation.reason
+        assert tokens(static) == tokens(eager), position
+    assert lm.last_generation.sampler == "sample_tokens (top-p and seeded Gumbel noise as Triton kernels)"
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_rows_end_at_eos_as_generate_ends_them(family):
     lm = tiny_lm(family, prepend_bos=True)

@@ -11,12 +11,19 @@ from tiny import tiny_lm, tiny_model, tiny_threads
 from transformers import LogitsProcessorList
 
 from actadd_notes.errors import SteeringError
+from actadd_notes.steering import sampling_kernels
 from actadd_notes.steering.sampling import (
+    _RADIX_BITS,
     TOP_P_METHODS,
     FrequencyPenalty,
     Sampling,
     SeededGumbelSampler,
+    _mass_scale,
     _nucleus_radix,
+    _nucleus_threshold,
+    _order_keys,
+    _row_base,
+    _torch_histogram,
     logits_processors,
     sample_tokens,
     token_counts,
@@ -243,16 +250,22 @@ def test_sample_tokens_picks_what_the_processors_pick(method, sampling, spread):
         assert torch.equal(got, want), (method, dense)
 
 
-@pytest.mark.parametrize("top_p", [0.01, 0.1, 0.3, 0.5, 0.9, 0.99, 0.9999])
-@pytest.mark.parametrize("spread", [0.2, 1.0, 4.0, 20.0])
-def test_radix_nucleus_is_the_sorted_nucleus(top_p, spread):
-    generator = torch.Generator().manual_seed(int(top_p * 1000 + spread))
-    scores = torch.randn(64, 5000, generator=generator) * spread
+def awkward_scores(spread: float, seed: int, rows: int = 64, vocab: int = 5000) -> torch.Tensor:
+    scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * spread
     scores[:8, ::3] = -torch.inf  # rows already cut by top-k: -inf never enters the nucleus
     scores[8:12] += 100.0  # far from zero: the order key's exponent bits differ from the other rows'
     scores[12:16] -= 100.0
+    return scores
+
+
+@pytest.mark.parametrize("top_p", [0.01, 0.1, 0.3, 0.5, 0.9, 0.99, 0.9999])
+@pytest.mark.parametrize("spread", [0.2, 1.0, 4.0, 20.0])
+def test_radix_nucleus_is_the_sorted_nucleus(top_p, spread):
+    scores = awkward_scores(spread, seed=int(top_p * 1000 + spread))
     want = torch.isfinite(TopPLogitsWarperReference(top_p)(scores.clone()))
     assert torch.equal(_nucleus_radix(scores, top_p), want)
+    triton_threshold = _nucleus_threshold(scores, top_p, sampling_kernels.mass_histogram, _RADIX_BITS["triton"])
+    assert torch.equal(_order_keys(scores) >= triton_threshold, want)
     kept = want.sum(dim=-1)
     assert kept.min() >= 1
     if spread <= 1.0 and top_p >= 0.3:
@@ -264,6 +277,51 @@ def TopPLogitsWarperReference(top_p):
 
     warper = TopPLogitsWarper(top_p)
     return lambda scores: warper(None, scores)
+
+
+@pytest.mark.parametrize("digits", sorted(set(_RADIX_BITS.values())))
+@pytest.mark.parametrize("spread", [0.2, 4.0, 20.0])
+def test_triton_histograms_are_the_torch_histograms(spread, digits):
+    """Every pass of the search, in the kernel and in torch ops: the first pass over all tokens (zero masses
+    skipped by the kernel, added as zeros by torch), the second within each row's bucket. A mass is
+    floor(exp(·) × 2⁴⁰) here, and the interpreter's exp (numpy's) and torch's may differ in the last bit,
+    which moves a mass by one unit now and then: a bucket may differ by at most one unit per token in it."""
+    scores = awkward_scores(spread, seed=int(spread * 10), rows=24, vocab=3000)
+    row_max = scores.amax(dim=-1, keepdim=True)
+    scale = _mass_scale(scores.shape[-1])
+    prefix = torch.zeros(24, 1, dtype=torch.int64)
+    shift = 32
+    for bits in digits:
+        shift -= bits
+        want = _torch_histogram(scores, row_max, prefix, shift, bits, scale)
+        got = sampling_kernels.mass_histogram(scores, row_max, prefix, shift, bits, scale)
+        keys = _order_keys(scores)
+        in_scope = (keys >> (shift + bits)) == prefix
+        tokens = torch.zeros_like(want).scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), in_scope.double())
+        assert ((got - want).abs() <= tokens).all()
+        assert torch.equal(got > 0, want > 0)
+        assert ((got - want).abs().sum(dim=-1) <= 2).all()  # a handful of units in sums near 2⁵²
+        assert want.sum() > 0
+        prefix = (prefix << bits) | want.argmax(dim=-1, keepdim=True)  # some occupied bucket of each row
+
+
+def test_triton_draw_hashes_the_same_noise_as_torch():
+    """With equal scores the draw is the argmax of the noise alone: the kernel's 32-bit hash must give the
+    very numbers `uniform_noise` gives, token by token (a different hash would pick other tokens)."""
+    rows, vocab = 64, 5000
+    seeds = torch.randint(0, 2**32, (rows,), generator=torch.Generator().manual_seed(5))
+    positions = torch.arange(rows) * 3 + 1
+    base = _row_base(seeds, positions)
+    open_all = torch.zeros(rows, 1, dtype=torch.int64)
+    got = sampling_kernels.gumbel_draw(torch.zeros(rows, vocab), open_all, base)
+    assert torch.equal(got, uniform_noise(seeds, positions, vocab).argmax(dim=-1))
+    # a nucleus: only tokens at or above the row's threshold may be drawn, and the best of them is
+    scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(6))
+    threshold = _order_keys(scores).kthvalue(vocab - 9, dim=-1, keepdim=True).values  # ten tokens a row
+    got = sampling_kernels.gumbel_draw(scores, threshold, base)
+    noise = -torch.log(-torch.log(uniform_noise(seeds, positions, vocab))).float()
+    want = (scores + noise).masked_fill(_order_keys(scores) < threshold, -torch.inf).argmax(dim=-1)
+    assert torch.equal(got, want)
 
 
 def test_radix_nucleus_of_a_row_does_not_depend_on_its_batch():

@@ -24,6 +24,7 @@ most of the time to the host. Here:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,15 @@ def decode_support(model: Any, positions: int) -> str | None:
     if len({p.device for p in model.parameters()}) > 1:
         return "the model is spread over several devices"
     return None
+
+
+def _default_top_p_method(device: torch.device, backend: str | None) -> TopPMethod:
+    """On CUDA the Triton kernels (on an H200 at 560 rows 2.4–2.9 ms a step, against 18 for the eager sort
+    and 3.5 for the compiled torch search); on the CPU the sort when steps run eagerly (as fast as any there,
+    and transformers' op for op), the sort-free search when they are compiled."""
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "sort" if backend is None else "radix"
 
 
 class DecodeCompileError(RuntimeError):
@@ -348,9 +358,7 @@ class Decoder:
         self.device, self.dtype = embeddings.device, embeddings.dtype
         self.backend = backend
         self.graphs = graphs and self.device.type == "cuda"
-        # eagerly the sort is as fast as any (the noise dominates) and is transformers' op for op; compiled,
-        # the sort-free nucleus is several times faster
-        self.top_p_method: TopPMethod = top_p_method or ("sort" if backend is None else "radix")
+        self.top_p_method: TopPMethod = top_p_method or _default_top_p_method(self.device, backend)
         self.dense_noise = self.graphs or self.device.type != "cpu"
         parameters = _forward_parameters(model)
         self.cache_arg = "cache" if "cache" in parameters else "past_key_values"

@@ -507,6 +507,9 @@ class SteerableLM:
         if settings.temperature == 0:
             return "greedy"
         decoder = self._decoder(path)
+        if decoder.top_p_method == "triton":
+            top_p = "top-p and " if settings.top_p < 1 else ""
+            return f"sample_tokens ({top_p}seeded Gumbel noise as Triton kernels)"
         noise = "dense" if decoder.dense_noise else "sparse"
         top_p = f"{decoder.top_p_method} top-p" if settings.top_p < 1 else "no top-p"
         return f"sample_tokens ({top_p}, {noise} seeded Gumbel noise)"

@@ -17,13 +17,14 @@ the same random numbers (common random numbers: the comparison's noise shrinks).
 keeps the token counts as a buffer (updated by the caller) instead of recounting the sequence,
 and with `dense_noise` it never waits for the host, so a CUDA graph can capture it. Its
 `top_p_method="sort"` is transformers' `TopPLogitsWarper` op for op; `"radix"` finds the same
-nucleus without sorting the vocabulary (see `_nucleus_radix`).
+nucleus without sorting the vocabulary (see `_nucleus_threshold`); `"triton"` runs that search and
+the draw as the Triton kernels of `sampling_kernels` (CUDA).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -166,12 +167,15 @@ def logits_processors(sampling: Sampling, seeds: Sequence[int], pad_lengths: Seq
 
 
 # ------------------------------------------------------------------ one function, for the engine's decode loop
-TopPMethod = Literal["sort", "radix"]
-TOP_P_METHODS: tuple[TopPMethod, ...] = ("sort", "radix")
+TopPMethod = Literal["sort", "radix", "triton"]
+TOP_P_METHODS: tuple[TopPMethod, ...] = ("sort", "radix", "triton")
 
-# two passes over the 32-bit order key: each pass is one atomic add per token, and wide digits spread those
-# adds over many buckets (on the H200 at 560 rows: 3.6-3.8 ms a step, against 4.2 for 11-11-10 and 7.8 for 8-8-8-8)
-_RADIX_BITS = (16, 16)
+# The digits of the 32-bit order key that the nucleus search fixes, pass by pass. In torch ops every pass is one
+# atomic add per token, and wide digits spread those adds over many buckets; the kernels add only the tokens
+# still in scope, so after the first pass hardly any, and small buckets that stay in cache win. On the H200 at
+# 560 rows and flat logits: radix 3.5 ms a step with 16-16 against 4.3 with 11-11-10 (7.8 with 8-8-8-8);
+# triton 2.4 ms with 11-11-10 against 2.9 with 16-16.
+_RADIX_BITS: dict[str, tuple[int, ...]] = {"radix": (16, 16), "triton": (11, 11, 10)}
 
 
 def sample_tokens(
@@ -203,6 +207,8 @@ def sample_tokens(
     if sampling.top_k:
         kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1]))[0][..., -1, None]
         scores = scores.masked_fill(scores < kth, -math.inf)
+    if top_p_method == "triton":
+        return _sample_triton(scores, sampling.top_p, seeds, positions)
     if sampling.top_p < 1.0:
         if top_p_method == "radix":
             keep = _nucleus_radix(scores, sampling.top_p)
@@ -231,36 +237,93 @@ def _order_keys(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits + 2**31, 2**31 - 1 - (bits & 0x7FFFFFFF))
 
 
-def _nucleus_radix(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Tokens top-p keeps, found without sorting the vocabulary.
+def _mass_scale(vocab: int) -> float:
+    """Masses are whole numbers up to this (the row's most likely token): a row sums to at most 2⁵²."""
+    return 2.0 ** (52 - math.ceil(math.log2(vocab)))
 
-    A token is kept when the probability mass strictly above it is below `top_p` — `TopPLogitsWarper`'s
-    rule in exact arithmetic — so the kept set is every token whose order key is at least the smallest key
-    κ with mass-above(κ) < top_p. κ is found a digit at a time (two of 16 bits): a histogram of the
-    mass per digit within the digits fixed so far, and its suffix sums, place κ in one bucket. Masses are
-    whole numbers held in float64 (the row's largest probability is 2^(52 − ⌈log₂ vocab⌉)), so no sum
-    exceeds 2⁵² and every sum is exact whatever the order of addition: a row's nucleus does not depend on
-    what shares its batch or on how a kernel orders its atomic adds (float64, unlike int64, compiles to
-    fused atomic adds). Tokens with exactly equal scores are kept or dropped together (the sort keeps
-    part of a tie at the boundary); otherwise the two methods differ only where float32 rounding of the
+
+def _masses(scores: torch.Tensor, row_max: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each token's probability mass as a whole number in float64. exp in float64 too: two implementations
+    whose exp differs in the last bit (torch's, CUDA's, numpy's) then give masses that differ by one unit
+    (of up to 2³⁵ at a 128k vocabulary) now and then, not by the 2¹¹ units a float32 ulp would move them."""
+    return torch.floor(torch.exp(scores.to(torch.float64) - row_max.to(torch.float64)) * scale)
+
+
+def _torch_histogram(
+    scores: torch.Tensor, row_max: torch.Tensor, prefix: torch.Tensor, shift: int, bits: int, scale: float
+) -> torch.Tensor:
+    """[rows, 2^bits] float64: the mass of the tokens whose order key has the digits `prefix` above bit
+    `shift + bits`, by their next `bits` bits (`sampling_kernels.mass_histogram` as torch ops)."""
+    keys = _order_keys(scores)
+    digit = (keys >> shift) & ((1 << bits) - 1)
+    in_scope = (keys >> (shift + bits)) == prefix
+    histogram = torch.zeros(keys.shape[0], 1 << bits, dtype=torch.float64, device=keys.device)
+    return histogram.scatter_add_(1, digit, torch.where(in_scope, _masses(scores, row_max, scale), 0.0))
+
+
+Histogram = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, float], torch.Tensor]
+
+
+def _choose_bucket(
+    histogram: torch.Tensor, above: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first bucket with mass above it below `target` (`above`: the mass above the whole histogram), and
+    the mass above that bucket; [rows, 1] each. Two levels (blocks of buckets, then the buckets of the one
+    block) instead of a cumulative sum over every bucket."""
+    rows, buckets = histogram.shape
+    width = 1 << ((buckets.bit_length() - 1) // 2)
+    blocks = histogram.view(rows, buckets // width, width)
+    block_mass = blocks.sum(dim=-1)
+    block_above = above + block_mass.sum(dim=-1, keepdim=True) - block_mass.cumsum(dim=-1)
+    block = (block_above >= target).sum(dim=-1, keepdim=True)
+    local = blocks.gather(1, block[:, :, None].expand(rows, 1, width)).squeeze(1)
+    local_above = block_above.gather(1, block) + local.sum(dim=-1, keepdim=True) - local.cumsum(dim=-1)
+    inner = (local_above >= target).sum(dim=-1, keepdim=True)
+    return block * width + inner, local_above.gather(1, inner)
+
+
+def _nucleus_threshold(scores: torch.Tensor, top_p: float, histogram: Histogram, digits: Sequence[int]) -> torch.Tensor:
+    """[rows, 1] int64: the smallest order key κ of each row with mass strictly above it below top_p.
+
+    Top-p keeps a token when the probability mass strictly above it is below `top_p` — `TopPLogitsWarper`'s
+    rule in exact arithmetic — so the kept set is every token whose order key is at least κ. κ is found a
+    digit at a time (`digits`, bit counts from the top): a histogram of the mass per digit within the digits
+    fixed so far places κ in one bucket. Masses are whole numbers held in float64 (`_masses`), so no sum exceeds 2⁵² and
+    every sum is exact whatever the order of addition: a row's nucleus does not depend on what shares its
+    batch or on how a kernel orders its atomic adds (float64, unlike int64, compiles to fused atomic adds).
+    Tokens with exactly equal scores are kept or dropped together (the sort keeps part of a tie at the
+    boundary); otherwise the search and the sort differ only where float32 rounding of the sort's
     cumulative sum decides.
     """
-    keys = _order_keys(scores)
-    scale = 2.0 ** (52 - math.ceil(math.log2(scores.shape[-1])))
-    mass = torch.floor(torch.exp(scores - scores.amax(dim=-1, keepdim=True)).to(torch.float64) * scale)
-    target = torch.ceil(mass.sum(dim=-1, keepdim=True) * top_p)
-    above = torch.zeros_like(target)  # mass strictly above the digits fixed so far
-    prefix = torch.zeros_like(keys[:, :1])  # the digits of κ fixed so far
+    scale = _mass_scale(scores.shape[-1])
+    row_max = scores.amax(dim=-1, keepdim=True)
+    prefix = torch.zeros(scores.shape[0], 1, dtype=torch.int64, device=scores.device)  # digits of κ so far
+    target = above = None
     shift = 32
-    for bits in _RADIX_BITS:
+    for bits in digits:
         shift -= bits
-        digit = (keys >> shift) & ((1 << bits) - 1)
-        in_scope = (keys >> (shift + bits)) == prefix
-        histogram = torch.zeros(keys.shape[0], 1 << bits, dtype=torch.float64, device=keys.device)
-        histogram.scatter_add_(1, digit, torch.where(in_scope, mass, 0.0))
-        # mass above each bucket: what lies above the scope plus the buckets after it
-        suffix = above + histogram.sum(dim=-1, keepdim=True) - histogram.cumsum(dim=-1)
-        chosen = (suffix >= target).sum(dim=-1, keepdim=True)
-        above = suffix.gather(1, chosen)
+        by_bucket = histogram(scores, row_max, prefix, shift, bits, scale)
+        if target is None or above is None:  # the first histogram holds every token: its sum is the total
+            target = torch.ceil(by_bucket.sum(dim=-1, keepdim=True) * top_p)
+            above = torch.zeros_like(target)
+        chosen, above = _choose_bucket(by_bucket, above, target)
         prefix = (prefix << bits) | chosen
-    return keys >= prefix
+    return prefix
+
+
+def _nucleus_radix(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Tokens top-p keeps, found without sorting the vocabulary (`_nucleus_threshold`)."""
+    return _order_keys(scores) >= _nucleus_threshold(scores, top_p, _torch_histogram, _RADIX_BITS["radix"])
+
+
+def _sample_triton(scores: torch.Tensor, top_p: float, seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`sample_tokens`' nucleus and draw as the Triton kernels of `sampling_kernels` (CUDA)."""
+    import actadd_notes.steering.sampling_kernels as sampling_kernels
+
+    scores = scores.to(torch.float32).contiguous()
+    if top_p < 1.0:
+        threshold = _nucleus_threshold(scores, top_p, sampling_kernels.mass_histogram, _RADIX_BITS["triton"])
+    else:
+        threshold = torch.zeros(scores.shape[0], 1, dtype=torch.int64, device=scores.device)
+    base = _row_base(seeds.to(torch.int64) & _MASK32, positions)
+    return sampling_kernels.gumbel_draw(scores, threshold.contiguous(), base.contiguous())
