@@ -283,7 +283,7 @@ def TopPLogitsWarperReference(top_p):
 @pytest.mark.parametrize("spread", [0.2, 4.0, 20.0])
 def test_triton_histograms_are_the_torch_histograms(spread, digits):
     """Every pass of the search, in the kernel and in torch ops: the first pass over all tokens (zero masses
-    skipped by the kernel, added as zeros by torch), the second within each row's bucket. A mass is
+    skipped by the kernel, added as zeros by torch), each later one within a bucket of each row. A mass is
     floor(exp(·) × 2⁴⁰) here, and the interpreter's exp (numpy's) and torch's may differ in the last bit,
     which moves a mass by one unit now and then: a bucket may differ by at most one unit per token in it."""
     scores = awkward_scores(spread, seed=int(spread * 10), rows=24, vocab=3000)

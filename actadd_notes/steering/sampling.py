@@ -287,10 +287,11 @@ def _nucleus_threshold(scores: torch.Tensor, top_p: float, histogram: Histogram,
 
     Top-p keeps a token when the probability mass strictly above it is below `top_p` — `TopPLogitsWarper`'s
     rule in exact arithmetic — so the kept set is every token whose order key is at least κ. κ is found a
-    digit at a time (`digits`, bit counts from the top): a histogram of the mass per digit within the digits
-    fixed so far places κ in one bucket. Masses are whole numbers held in float64 (`_masses`), so no sum exceeds 2⁵² and
-    every sum is exact whatever the order of addition: a row's nucleus does not depend on what shares its
-    batch or on how a kernel orders its atomic adds (float64, unlike int64, compiles to fused atomic adds).
+    digit at a time (`digits`, bit counts from the top): a histogram of the mass per digit within the
+    digits fixed so far places κ in one bucket. Masses are whole numbers held in float64 (`_masses`), so
+    no sum exceeds 2⁵² and every sum is exact whatever the order of addition: a row's nucleus does not
+    depend on what shares its batch or on how a kernel orders its atomic adds (float64, unlike int64,
+    compiles to fused atomic adds).
     Tokens with exactly equal scores are kept or dropped together (the sort keeps part of a tie at the
     boundary); otherwise the search and the sort differ only where float32 rounding of the sort's
     cumulative sum decides.
