@@ -88,9 +88,12 @@ def _check_device(device: str, dtype: str) -> None:
     `watch`'s start-up on a 2-core machine), so they pass unchecked."""
     if device in ("auto", "cpu") and dtype == "auto":
         return
-    import torch
+    from actadd_notes.process import collector_paused
 
-    from actadd_notes.steering.models import resolve_device, resolve_dtype
+    with collector_paused():
+        import torch
+
+        from actadd_notes.steering.models import resolve_device, resolve_dtype
 
     target = resolve_device(device)
     resolve_dtype(dtype, target)
@@ -112,10 +115,13 @@ def _runner(config: VaultConfig, device: str, dtype: str) -> JobRunner:
 
 def _load_quietly(name: str, **options: Any) -> SteerableLM:
     """`load_model` without transformers' progress bars and warnings (imported with the first model)."""
-    from actadd_notes.steering.models import load_model
+    from actadd_notes.process import collector_paused
 
-    _quiet_transformers()
-    return load_model(name, **options)
+    with collector_paused():
+        from actadd_notes.steering.models import load_model
+
+        _quiet_transformers()
+        return load_model(name, **options)
 
 
 class _ProgressBar:
@@ -455,11 +461,8 @@ def vector(
     if file_format == "gguf":
         for layer in layers:
             direction_index(layer)  # layers 0 and 1 fail here, before a model loads
-    from actadd_notes.steering.models import load_model
-
     _check_device(device, dtype)
-    _quiet_transformers()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = _load_quietly(model, device=device, dtype=dtype)
     vectors = [lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff, pad_token)) for layer in layers]
     if file_format == "gguf":
         with warnings.catch_warnings(record=True) as caught:  # a vector exported as its mean over positions
@@ -582,4 +585,10 @@ def doctor(vault: Path | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="actadd-notes")
+    """The console script: the commands, then an exit without the interpreter's teardown (`process`)."""
+    from actadd_notes.process import exit_process, exit_status
+
+    try:
+        cli(prog_name="actadd-notes")
+    except SystemExit as exit_:
+        exit_process(exit_status(exit_.code))

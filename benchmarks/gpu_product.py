@@ -5,8 +5,10 @@ decodes), randomly initialised in bf16 and saved with `save_pretrained`; the spe
 coefficients x 16 samples x 64 tokens of one prompt, plus the baseline (576 rows), metrics sentiment
 and fluency; `--runs` without the confirmation stage (the sweep alone, as issue 8 measured it) and
 `--confirmed-runs` with it (the product's default). Each `run` is a fresh process, timed from outside (wall) and from
-inside: a child mode wraps the job's model loader and `SteerableLM.complete` / `perplexities` to
-stamp when each phase starts and ends.
+inside: a child mode wraps the CLI's model loader and `SteerableLM.complete` / `perplexities` to
+stamp when each phase starts and ends, and writes the stamps from an exit handler (the console script
+ends its process itself). `--breakdown` also times the run's main calls (BREAKDOWN), synchronised;
+`--profile` adds a run under cProfile; `--model-dir` saves the model once for several invocations.
 
 Device:  PYTHONPATH=.:/tmp/site python3 benchmarks/gpu_product.py --tokenizer build/gpu_carry/smollm2-tokenizer
 CPU dry run:  .venv/bin/python benchmarks/gpu_product.py --tiny --tokenizer <a tokenizer folder>
@@ -48,52 +50,118 @@ Issue 8's product benchmark.
 """
 
 
-def child(events_path: str, argv: list[str]) -> int:
-    """Run the CLI in this process with phase stamps written to `events_path`."""
-    started = time.perf_counter()
-    events: dict[str, object] = {}
-    from actadd_notes.cli import main
-    from actadd_notes.steering import models
+# (module, attribute path) of the calls `ACTADD_PRODUCT_BREAKDOWN=1` times inside a run, each synchronised
+BREAKDOWN = [
+    ("actadd_notes.steering.lm", "SteerableLM.activations"),
+    ("actadd_notes.steering.decode", "Decoder.prefill"),
+    ("actadd_notes.steering.decode", "_Bucket.__init__"),
+    ("actadd_notes.steering.decode", "_Bucket.prepare"),
+    ("actadd_notes.steering.decode", "_Bucket.load"),
+    ("actadd_notes.steering.decode", "_Bucket.run"),
+    ("actadd_notes.steering.decode", "Decoder.decode"),
+    ("actadd_notes.experiments.metrics", "SentimentMetric.score"),
+    ("actadd_notes.experiments.artifacts", "plots"),
+    ("actadd_notes.publish", "render_artifacts"),
+    ("actadd_notes.publish", "Publisher.publish"),
+]
 
-    events["cli_imported_s"] = time.perf_counter() - started
-    original_loader = models.load_model
 
-    def timed_loader(name, **options):
-        events["load_start_s"] = time.perf_counter() - started
-        lm = original_loader(name, **options)
-        events["load_end_s"] = time.perf_counter() - started
-        cls = type(lm)
-        for method in ("complete", "perplexities"):
-            wrap(cls, method)
-        return lm
+class Stamps:
+    """Seconds since the child started, of the phases and (with `ACTADD_PRODUCT_BREAKDOWN`) the calls."""
 
-    def wrap(cls, method):
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.events: dict[str, object] = {}
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started
+
+    @staticmethod
+    def synchronize() -> None:
+        import torch
+
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+
+    def phase(self, cls, method: str) -> None:
+        """Stamp each call of `cls.method` (`complete` or `perplexities`) with its run record."""
         original = getattr(cls, method)
 
-        def timed(self, *args, **kwargs):
-            import torch
-
-            begin = time.perf_counter() - started
-            result = original(self, *args, **kwargs)
-            torch.cuda.synchronize() if torch.cuda.is_available() else None
-            record = self.last_generation if method == "complete" else self.last_scoring
-            events.setdefault(method, []).append(
-                {"start_s": begin, "end_s": time.perf_counter() - started, "record": record.to_record()}
+        def timed(lm, *args, **kwargs):
+            begin = self.now()
+            result = original(lm, *args, **kwargs)
+            self.synchronize()
+            record = lm.last_generation if method == "complete" else lm.last_scoring
+            self.events.setdefault(method, []).append(
+                {"start_s": begin, "end_s": self.now(), "record": record.to_record()}
             )
             return result
 
         setattr(cls, method, timed)
 
-    models.load_model = timed_loader  # the job's model slot imports it from there when it loads
+    def breakdown(self) -> None:
+        """Time every call in BREAKDOWN, synchronised on both sides."""
+        import importlib
+
+        calls = self.events.setdefault("breakdown_s", {})
+        for module, path in BREAKDOWN:
+            owner = importlib.import_module(module)
+            *outer, name = path.split(".")
+            for part in outer:
+                owner = getattr(owner, part)
+            original = getattr(owner, name)
+
+            def timed(*args, _original=original, _label=path, **kwargs):
+                self.synchronize()
+                begin = time.perf_counter()
+                result = _original(*args, **kwargs)
+                self.synchronize()
+                calls.setdefault(_label, []).append(round(time.perf_counter() - begin, 4))
+                return result
+
+            setattr(owner, name, timed)
+
+
+def child(events_path: str, argv: list[str]) -> int:
+    """Run the console script in this process with phase stamps, written to `events_path` by an exit
+    handler (the script ends the process itself once its handlers ran)."""
+    import atexit
+
+    stamps = Stamps()
+    from actadd_notes import cli
+
+    stamps.events["cli_imported_s"] = stamps.now()
+    original_loader = cli._load_quietly
+
+    def timed_loader(name, **options):
+        stamps.events["load_start_s"] = stamps.now()
+        lm = original_loader(name, **options)
+        stamps.events["load_end_s"] = stamps.now()
+        for method in ("complete", "perplexities"):
+            stamps.phase(type(lm), method)
+        if os.environ.get("ACTADD_PRODUCT_BREAKDOWN"):
+            stamps.breakdown()
+        return lm
+
+    cli._load_quietly = timed_loader  # the CLI's model slot looks it up when it loads
     sys.argv = ["actadd-notes", *argv]
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    events["end_s"] = time.perf_counter() - started
-    Path(events_path).write_text(json.dumps(events, indent=1))
-    return code
+    profile_to = os.environ.get("ACTADD_PRODUCT_PROFILE")
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+
+    def write_events() -> None:
+        stamps.events["end_s"] = stamps.now()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+        Path(events_path).write_text(json.dumps(stamps.events, indent=1))
+
+    atexit.register(write_events)
+    cli.main()
+    return 0
 
 
 def load_child(loader: str, model_dir: str) -> dict:
@@ -186,6 +254,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--confirmed-runs", type=int, default=1, help="more runs with the confirmation stage on")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--model-dir", help="where the model is saved, or was by an earlier invocation")
+    parser.add_argument("--breakdown", action="store_true", help="time the run's main calls, synchronised")
+    parser.add_argument("--profile", action="store_true", help="one more run without confirmation, under cProfile")
     parser.add_argument("--loader-rounds", type=int, default=2, help="rounds of the two loaders, alternating")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--load-child", nargs=2, help=argparse.SUPPRESS)
@@ -198,8 +269,11 @@ def main(argv=None) -> int:
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     work = Path(tempfile.mkdtemp(prefix="actadd-product-"))
-    model_dir = work / "llama-3-8b-shape"
-    summary: dict[str, object] = {"model": build_model(model_dir, args.tokenizer, args.tiny)}
+    model_dir = Path(args.model_dir) if args.model_dir else work / "llama-3-8b-shape"
+    if (model_dir / "config.json").is_file():  # saved by an earlier invocation
+        summary: dict[str, object] = {"model": {"reused": str(model_dir)}}
+    else:
+        summary = {"model": build_model(model_dir, args.tokenizer, args.tiny)}
     print(json.dumps(summary["model"]), flush=True)
     root = str(Path(__file__).resolve().parents[1])
     paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -225,8 +299,14 @@ def main(argv=None) -> int:
     summary["help_s"] = {"median": statistics.median(helps), "values": helps}
     layers = "[1, 2, 4, 6, 8]" if args.tiny else "[3, 8, 13, 18, 22]"
     runs = []
-    for run in range(args.runs + args.confirmed_runs):
-        confirm = run >= args.runs
+    out_dir = Path(args.out).parent if args.out else Path(os.environ.get("OUT") or "/tmp")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for run in range(args.runs + args.confirmed_runs + int(args.profile)):
+        confirm = args.runs <= run < args.runs + args.confirmed_runs
+        profiled = run == args.runs + args.confirmed_runs
+        run_env = {**env, "ACTADD_PRODUCT_PROFILE": str(out_dir / "product_profile.prof")} if profiled else env
+        if args.breakdown:
+            run_env = {**run_env, "ACTADD_PRODUCT_BREAKDOWN": "1"}
         vault = work / f"vault{run}"
         (vault / ".obsidian").mkdir(parents=True)
         (vault / "Experiments").mkdir()
@@ -248,15 +328,14 @@ def main(argv=None) -> int:
                 "cuda" if not args.tiny else "cpu",
                 "--json",
             ],
-            env=env,
+            env=run_env,
             cwd=vault,
             capture_output=True,
             text=True,
         )
         wall = time.perf_counter() - begin
-        entry: dict[str, object] = {
-            "confirm": confirm, "wall_s": wall, "returncode": done.returncode, "stderr_tail": done.stderr[-1500:],
-        }  # fmt: skip
+        entry: dict[str, object] = {"confirm": confirm, "profiled": profiled, "wall_s": wall}
+        entry.update(returncode=done.returncode, stderr_tail=done.stderr[-1500:])
         if events.is_file():
             entry["events"] = stamps = json.loads(events.read_text())
             generation = sum(e["end_s"] - e["start_s"] for e in stamps.get("complete", []))
@@ -270,11 +349,18 @@ def main(argv=None) -> int:
                 "perplexity_scoring": scoring,
                 "metrics_notes_plots_rest": stamps["end_s"] - stamps.get("load_end_s", 0) - generation - scoring,
             }
+            if "breakdown_s" in stamps:
+                entry["breakdown_s"] = {k: [round(sum(v), 3), len(v)] for k, v in stamps["breakdown_s"].items()}
         runs.append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "events"}, indent=1), flush=True)
     summary["runs"] = runs
     summary["total_s"] = time.perf_counter() - started
-    out = Path(args.out) if args.out else Path(os.environ.get("OUT") or "/tmp") / "gpu_product.json"
+    out = Path(args.out) if args.out else out_dir / "gpu_product.json"
+    if args.profile and (out_dir / "product_profile.prof").is_file():
+        import pstats
+
+        stats = pstats.Stats(str(out_dir / "product_profile.prof"))
+        stats.sort_stats("cumulative").print_stats(70)
     out.write_text(json.dumps(summary, indent=1))
     print(f"wrote {out}")
     return 0

@@ -24,6 +24,7 @@ from actadd_notes.experiments.additions import Additions, control_seed
 from actadd_notes.experiments.diagnostics import reproducibility, vector_diagnostics
 from actadd_notes.experiments.evaluator import Evaluator, Progress, ProgressCallback, text_metrics
 from actadd_notes.experiments.metrics import Metric, Objective
+from actadd_notes.experiments.preload import import_in_background, modules_for
 from actadd_notes.experiments.report import findings
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, Confirmation, ExperimentResult, Setting, pick_best
 from actadd_notes.experiments.search import run_bayes, run_grid
@@ -44,6 +45,7 @@ def run_experiment(
     note: str | None = None,
 ) -> ExperimentResult:
     """Run `spec` (grid or bayes) with its baselines and confirmation; `progress(done, total, stage)` follows it."""
+    import_in_background(modules_for(spec, lm.device))  # ready when the generations are done
     check_layers(spec, lm.num_layers, lm.short_name, note=note)
     check_lengths(spec, [len(lm.encode(p, chat=spec.chat).ids) for p in spec.prompts], _context_length(lm), note=note)
     estimate = estimate_work(spec)

@@ -22,6 +22,7 @@ import torch
 from actadd_notes.errors import ModelError
 from actadd_notes.steering.checkpoint import load_into, plan
 from actadd_notes.steering.lm import SteerableLM
+from actadd_notes.steering.warmup import gpu_warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -143,34 +144,35 @@ def load_model(
     `device_map` (e.g. "auto") is passed to transformers for models larger than one GPU;
     `trust_remote_code` is never implied — only this explicit argument enables it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
-    display = name
-    if name == EMBEDDED:
-        source, display = str(embedded_model_dir()), EMBEDDED_NAME
-    else:
-        source = name
-    options = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if Path(source).expanduser().exists():
-        source = str(Path(source).expanduser())
-    elif _offline():
-        options["local_files_only"] = True
-    # on a GPU the weights go straight from the files to the card, not through host memory first
-    placement = device_map if device_map is not None or target.type != "cuda" else str(target)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model: Any = None
-        if device_map is None and Path(source).is_dir():
-            model = _read_folder(Path(source), torch_dtype, target, trust_remote_code)
-        if model is None:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=placement, **options)
-    except (OSError, ValueError) as error:
-        raise ModelError(_load_hint(name, error)) from error
-    if placement is None:
-        model.to(target)
-    return SteerableLM(model, tokenizer, name=display, block_path=block_path, prepend_bos=prepend_bos)
+    with gpu_warm_up(target, torch_dtype):  # the GPU's first-use costs, paid while transformers imports
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        display = name
+        if name == EMBEDDED:
+            source, display = str(embedded_model_dir()), EMBEDDED_NAME
+        else:
+            source = name
+        options = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if Path(source).expanduser().exists():
+            source = str(Path(source).expanduser())
+        elif _offline():
+            options["local_files_only"] = True
+        # on a GPU the weights go straight from the files to the card, not through host memory first
+        placement = device_map if device_map is not None or target.type != "cuda" else str(target)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            model: Any = None
+            if device_map is None and Path(source).is_dir():
+                model = _read_folder(Path(source), torch_dtype, target, trust_remote_code)
+            if model is None:
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=placement, **options)
+        except (OSError, ValueError) as error:
+            raise ModelError(_load_hint(name, error)) from error
+        if placement is None:
+            model.to(target)
+        return SteerableLM(model, tokenizer, name=display, block_path=block_path, prepend_bos=prepend_bos)
 
 
 def _read_folder(folder: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> Any | None:
