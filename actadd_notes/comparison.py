@@ -15,7 +15,8 @@ from actadd_notes.vault.templates import TemplateRenderer
 COMPARISON_NOTE = "Sweep comparison.md"
 COLUMNS = (
     "model", "method", "best_layer", "best_coeff", "objective", "baseline_value", "search_value",
-    "confirmed_difference", "confirmed_ci_low", "confirmed_ci_high", "control_difference", "effect", "date",
+    "confirmed_difference", "confirmed_ci_low", "confirmed_ci_high", "control_difference", "effect", "scope",
+    "prompts", "versus_prompting", "date",
 )  # fmt: skip
 
 

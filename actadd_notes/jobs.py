@@ -188,7 +188,9 @@ class JobRunner:
                 )
         try:
             with note_context(name):
-                spec, warnings = parse_spec(dict(note.properties), note.body, note=name, resolve_pairs=self._pairs)
+                spec, warnings = parse_spec(
+                    dict(note.properties), note.body, note=name, resolve_pairs=self._pairs, resolve_file=self._data_file
+                )
                 check_note_name(self.config.root, path)  # its result note and journal line must link to it
         except ActaddError as error:
             return self.fail(path, error)
@@ -270,6 +272,12 @@ class JobRunner:
 
         path, pairs = read_pairs(self.config, link)
         return self.config.relative(path), pairs
+
+    def _data_file(self, link: str) -> Path:
+        """A spec's `prompts: "[[Data/x.csv]]"`: the file's path, inside the vault."""
+        from actadd_notes.vault.data_files import resolve_data_file
+
+        return resolve_data_file(self.config, link)
 
     def _provenance(self, path: Path) -> dict[str, Any]:
         extra = {"spec_note": self.config.relative(path)}

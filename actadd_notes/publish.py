@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from actadd_notes.errors import ActaddError
-from actadd_notes.experiments.artifacts import COMPLETIONS, RESULTS, SETTINGS, STUDY, json_safe, render_artifacts
+from actadd_notes.experiments.artifacts import (
+    COMPLETIONS,
+    PROMPTS,
+    RESULTS,
+    SETTINGS,
+    STUDY,
+    json_safe,
+    render_artifacts,
+)
 from actadd_notes.experiments.plots import HEATMAP
-from actadd_notes.experiments.report import headline, summary_line
+from actadd_notes.experiments.report import headline, summary_line, wrong_way
 from actadd_notes.experiments.results import ExperimentResult
 from actadd_notes.vault.bases import ensure_runs_view
 from actadd_notes.vault.config import VaultConfig
@@ -115,10 +123,11 @@ class Publisher:
             "headline": json_safe(headline(result)),
             "plots": [links[n] for n in links if n.endswith(".png")],
             "heatmap": links.get(HEATMAP),
-            "files": [links[n] for n in (RESULTS, COMPLETIONS, SETTINGS) if n in links]
+            "files": [links[n] for n in (RESULTS, COMPLETIONS, SETTINGS, PROMPTS) if n in links]
             + [links[n] for n in links if n.endswith(".safetensors")]
             + ([links[STUDY]] if STUDY in links else []),
             "study_path": links.get(STUDY),
+            "wrong_way": wrong_way(result),
             "literature": [str(link) for link in result.spec.literature],
         }
         text = rewrite_note(

@@ -32,7 +32,7 @@ COEFFS = [1, 2, 4, 8]
 @pytest.fixture(scope="module")
 def love_hate(demo_vault):
     target, report = demo_vault
-    (run,) = report["runs"]
+    (run,) = [run for run in report["runs"] if run["note"].endswith("love-hate-sweep.md")]
     run_id = Note.read(Path(run["result_note"])).properties["run_id"]
     folder = target / "Results" / "artifacts" / f"love-hate-sweep {run_id}"
     results = json.loads(
@@ -89,16 +89,22 @@ def test_the_baseline_is_sampling_matched_and_the_confirmation_uses_fresh_seeds(
         seeds.setdefault((row["stage"], row["setting"]), []).append((row["prompt"], row["sample"], row["seed"]))
     baseline = seeds.pop(("search", "baseline"))
     fresh = seeds.pop(("confirmation", "baseline"))
-    assert len(baseline) == 20 and len(fresh) == 60 and len(seeds) == 20 + 2  # confirm_samples: 60
+    # confirm_samples: 60; the confirmation's best setting, control and prompting baseline
+    assert len(baseline) == 20 and len(fresh) == 60 and len(seeds) == 20 + 3
     for (stage, label), setting_rows in seeds.items():
-        assert setting_rows == (baseline if stage == "search" else fresh), label
+        expected = baseline if stage == "search" else fresh
+        if label == "prompting":  # the same rows and seeds, with p+ said before the prompt
+            assert [row[1:] for row in setting_rows] == [row[1:] for row in expected]
+            assert all(mine[0] == f"Love {theirs[0]}" for mine, theirs in zip(setting_rows, expected))
+        else:
+            assert setting_rows == expected, label
     assert not {seed for *_, seed in baseline} & {seed for *_, seed in fresh}
 
 
 def test_the_run_produces_every_artifact(love_hate):
     results, rows, folder = love_hate
-    assert results["schema"] == "actadd-notes/results/v2"
-    assert len(rows) == 21 * 20 + 3 * 60
+    assert results["schema"] == "actadd-notes/results/v3"
+    assert len(rows) == 21 * 20 + 4 * 60
     for plot in ("heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert (folder / f"vector-L{results['best']['layer']}.safetensors").is_file()

@@ -85,7 +85,7 @@ def bayes(llama):
 # ------------------------------------------------------------------ results.json
 def test_results_json_is_versioned_strict_json(grid, grid_files):
     data = strict_json(grid_files[RESULTS])
-    assert data["schema"] == SCHEMA == "actadd-notes/results/v2"
+    assert data["schema"] == SCHEMA == "actadd-notes/results/v3"
     assert data["spec_hash"] == grid.spec.spec_hash()
     assert data["search"] == "grid"
     assert data["objective"] == {"metric": "sentiment", "score": "sentiment", "direction": "maximize"}
@@ -102,10 +102,17 @@ def test_results_json_holds_baseline_settings_cis_and_findings(grid, grid_files)
         (s.setting.layer, s.setting.coeff) for s in grid.settings
     ]
     for setting in data["settings"]:
-        assert set(setting["metrics"]) == {"perplexity", "sentiment", "profanity", "kl"}
+        assert set(setting["metrics"]) == {
+            "perplexity",
+            "sentiment",
+            "profanity",
+            "kl",
+            "positive_rate",
+            "profane_rate",
+        }
         for summary in setting["metrics"].values():
             assert {"mean", "ci_low", "ci_high", "n"} <= set(summary)
-        assert setting["differences"]["sentiment"]["method"] == "prompt-paired"  # two prompts: prompts are the unit
+        assert setting["differences"]["sentiment"]["method"] == "stratified"  # two prompts: fixed strata
         assert isinstance(setting["rejected"], bool)
         assert setting["p_holm"] is None or 0 <= setting["p_holm"] <= 1
     assert data["best"]["label"] == grid.best.setting.label
@@ -160,8 +167,10 @@ def test_completions_csv_has_one_row_per_sample(grid, grid_files):
         "perplexity",
         "sentiment",
         "profanity",
+        "positive_rate",
+        "profane_rate",
     ]
-    assert len(body) == len(grid.samples) == (len(grid.settings) + 1 + 3) * len(PROMPTS) * 2
+    assert len(body) == len(grid.samples) == (len(grid.settings) + 1 + 4) * len(PROMPTS) * 2
     for row, sample in zip(body, grid.samples):
         record = dict(zip(header, row))
         assert (record["stage"], record["setting"]) == (sample.stage, sample.setting.label)
@@ -186,6 +195,7 @@ def test_a_grid_gets_a_heatmap_metric_plots_and_objective_vs_fluency(grid_files)
         "profanity-vs-coeff.png",
         "kl-vs-coeff.png",
         "objective-vs-fluency.png",
+        "per-prompt.png",
     }
     for name in pngs(grid_files):
         check_png(name, grid_files[name])
@@ -200,6 +210,7 @@ def test_only_bayes_gets_the_trial_history(bayes, grid_files):
         "profanity-vs-coeff.png",
         "perplexity-vs-coeff.png",
         "objective-vs-fluency.png",
+        "per-prompt.png",
     }
     for name in pngs(files):
         check_png(name, files[name])
@@ -218,7 +229,12 @@ def test_a_trial_without_a_value_still_plots(bayes):
 def test_a_single_setting_gets_no_heatmap(llama):
     result = run_experiment(spec_of(layer=2, coeff=1, metrics=["sentiment"]), llama)
     files = render_artifacts(result)
-    assert pngs(files) == {"sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"}
+    assert pngs(files) == {
+        "sentiment-vs-coeff.png",
+        "perplexity-vs-coeff.png",
+        "objective-vs-fluency.png",
+        "per-prompt.png",
+    }
 
 
 def test_rendering_is_deterministic(grid, grid_files):
@@ -274,8 +290,8 @@ def test_no_best_setting_means_no_vectors(llama):
 # ------------------------------------------------------------------ settings.csv (tidy)
 def test_settings_csv_is_one_row_per_stage_setting_and_score(grid, grid_files):
     rows = list(csv.DictReader(io.StringIO(grid_files[SETTINGS].decode())))
-    scores = {"perplexity", "sentiment", "profanity", "kl"}
-    assert len(rows) == (1 + len(grid.settings) + 3) * len(scores)
+    scores = {"perplexity", "sentiment", "profanity", "kl", "positive_rate", "profane_rate"}
+    assert len(rows) == (1 + len(grid.settings) + 4) * len(scores)
     assert {r["effect"] for r in rows} == {grid.effect}
     search = [r for r in rows if r["stage"] == "search" and r["score"] == "sentiment"]
     assert [r["setting"] for r in search] == ["baseline"] + [s.setting.label for s in grid.settings]

@@ -133,8 +133,8 @@ def test_the_view_is_a_base_file_in_the_documented_format():
     assert table["groupBy"] == {"property": "note.spec", "direction": "ASC"}
     assert table["order"] == [
         "file.name", "note.spec", "note.model", "note.method", "note.best_layer", "note.best_coeff", "note.effect",
-        "note.confirmed_difference", "note.confirmed_ci_low", "note.confirmed_ci_high", "formula.shrinkage",
-        "note.perplexity_ratio", "note.date",
+        "note.scope", "note.prompts", "note.confirmed_difference", "note.confirmed_ci_low", "note.confirmed_ci_high",
+        "formula.shrinkage", "note.perplexity_ratio", "note.versus_prompting", "note.date",
     ]  # fmt: skip
     assert table["sort"] == cards["sort"] == [{"property": "note.date", "direction": "DESC"}]
     assert cards["image"] == "note.heatmap"
@@ -222,6 +222,7 @@ def test_every_property_the_view_names_is_in_a_real_result_note(example_vault, t
     assert wanted == {
         "type", "spec", "model", "method", "best_layer", "best_coeff", "effect", "confirmed_difference",
         "confirmed_ci_low", "confirmed_ci_high", "search_difference", "perplexity_ratio", "date", "heatmap",
+        "scope", "prompts", "versus_prompting",
     }  # fmt: skip
     assert sorted(wanted - set(properties)) == []
     assert properties["type"] == "actadd-result"  # the view's filter matches it

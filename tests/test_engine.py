@@ -591,6 +591,29 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results():
     assert got_ppl == pytest.approx(wanted_ppl, rel=1e-5)
 
 
+def test_batched_perplexities_equal_each_rows_own_in_float64():
+    """One left-padded batch of rows of different lengths (one empty) scores each row as the model does
+    alone: exp of the mean negative log-likelihood of its own tokens given its prompt."""
+    from actadd_notes.steering.lm import Completion
+
+    lm = tiny_lm("llama")
+    prompts = ["one two three four five", "six", "seven eight", "nine ten eleven"]
+    completions = lm.complete(prompts, max_new_tokens=6, seed=3)
+    completions.append(Completion("twelve", "", lm.encode("twelve").ids, (), 0))
+    got = lm.perplexities(completions, batch_size=8)
+    model64 = copy.deepcopy(lm.model).double()
+    for completion, value in zip(completions, got):
+        if not completion.token_ids:
+            assert math.isnan(value)
+            continue
+        ids = torch.tensor([completion.prompt_ids + completion.token_ids])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model64(input_ids=ids).logits[0, :-1], dim=-1)
+        n = len(completion.token_ids)
+        own = logprobs[-n:].gather(-1, ids[0, -n:, None]).mean()
+        assert value == pytest.approx(float(torch.exp(-own)), rel=1e-4)
+
+
 def test_out_of_memory_at_batch_size_one_is_a_model_error():
     lm = tiny_lm("llama")
     handle = _memory_limit(lm.model, max_rows=0)

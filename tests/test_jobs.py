@@ -342,6 +342,7 @@ def test_spec_notes_lists_specs_with_status_outside_results(example_vault, tiny_
     found = {p.relative_to(example_vault).as_posix(): s for p, s in spec_notes(VaultConfig.load(example_vault))}
     assert found == {
         "Experiments/draft.md": "draft",
+        "Experiments/love-hate-held-out.md": "queued",
         "Experiments/love-hate-sweep.md": "queued",
         "Experiments/queued.md": "queued",
     }

@@ -84,7 +84,7 @@ def test_a_grid_gives_a_baseline_and_one_result_per_setting_with_cis(family, lla
     assert [s.setting for s in result.settings] == [Setting(l, float(c)) for l in LAYERS for c in COEFFS]
     n = len(PROMPTS) * SAMPLES
     for setting in [result.baseline, *result.settings]:
-        assert set(setting.metrics) == {PERPLEXITY, "sentiment", "kl"}
+        assert set(setting.metrics) == {PERPLEXITY, "sentiment", "positive_rate", "kl"}
         for name, summary in setting.metrics.items():
             assert isinstance(summary, Summary)
             assert summary.n == (len(PROMPTS) if name == "kl" else n), name  # kl: one per prompt
@@ -101,7 +101,7 @@ def test_a_grid_gives_a_baseline_and_one_result_per_setting_with_cis(family, lla
             setting.metrics[PERPLEXITY].mean / result.baseline.metrics[PERPLEXITY].mean
         )
     assert len([s for s in result.samples if s.stage == SEARCH]) == (len(result.settings) + 1) * n
-    assert len(result.samples) == (len(result.settings) + 1 + 3) * n  # and the confirmation's three settings
+    assert len(result.samples) == (len(result.settings) + 1 + 4) * n  # and the confirmation's four settings
     assert hook_count(lm.model) == 0
 
 
@@ -226,9 +226,9 @@ def test_progress_counts_up_to_the_total(llama):
     assert {t for _, t, _ in calls} == {total}
     assert calls[-1][:2] == (total, total)
     assert {stage for *_, stage in calls} == {"generating", "scoring"}
-    # the search's rows first, then the confirmation's three settings
+    # the search's rows first, then the confirmation's four settings (best, baseline, control, prompting)
     search = (len(LAYERS) * len(COEFFS) + 1) * len(PROMPTS) * SAMPLES
-    assert total == search + 3 * len(PROMPTS) * SAMPLES
+    assert total == search + 4 * len(PROMPTS) * SAMPLES
     assert (search, total, "scoring") in calls
 
 

@@ -383,4 +383,7 @@ def test_the_watcher_starts_on_a_hostile_vault_runs_nothing_and_reads_no_stdin(i
 
 
 def test_example_vault_scans_as_before(example_vault):
-    assert [(p.name, s) for p, s in spec_notes(VaultConfig.load(example_vault))] == [("love-hate-sweep.md", "queued")]
+    assert [(p.name, s) for p, s in spec_notes(VaultConfig.load(example_vault))] == [
+        ("love-hate-held-out.md", "queued"),
+        ("love-hate-sweep.md", "queued"),
+    ]

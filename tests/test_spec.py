@@ -474,24 +474,24 @@ def test_check_layers_covers_ranges_and_extra_additions():
 
 def test_estimate_work_counts_the_baseline_and_the_confirmation():
     grid, _ = parse()
-    rows = 21 * 2 * 20 + 3 * 2 * 20  # the search with its baseline; best, baseline and control again
-    assert estimate_work(grid) == WorkEstimate(settings=24, generations=rows, new_tokens=rows * 30)
+    rows = 21 * 2 * 20 + 4 * 2 * 20  # the search with its baseline; best, baseline, control and prompting again
+    assert estimate_work(grid) == WorkEstimate(settings=25, generations=rows, new_tokens=rows * 30)
     bayes, _ = parse(search="bayes", layer=[0, 10], coeff=[1, 8], trials=30, confirm_samples=5)
-    rows = 31 * 2 * 20 + 3 * 2 * 5
-    assert estimate_work(bayes) == WorkEstimate(settings=34, generations=rows, new_tokens=rows * 30)
+    rows = 31 * 2 * 20 + 4 * 2 * 5
+    assert estimate_work(bayes) == WorkEstimate(settings=35, generations=rows, new_tokens=rows * 30)
     unconfirmed, _ = parse(confirm=False)
     assert estimate_work(unconfirmed) == WorkEstimate(settings=21, generations=840, new_tokens=840 * 30)
 
 
 def test_check_work_refuses_runs_over_max_generations():
-    fits, _ = parse(max_generations=960)
+    fits, _ = parse(max_generations=1000)
     check_work(fits, estimate_work(fits))
     spec, _ = parse(max_generations=800)
     with pytest.raises(SpecError) as caught:
         check_work(spec, estimate_work(spec), note="Experiments/love.md")
     assert caught.value.key == "max_generations"
     assert str(caught.value) == (
-        "Experiments/love.md: max_generations: 960 generations (24 settings with the baseline and the "
+        "Experiments/love.md: max_generations: 1,000 generations (25 settings with the baseline and the "
         "confirmation × 2 prompts × samples) exceed max_generations 800 — raise max_generations or shrink the grid "
         "(fewer layers or coeffs, prompts or samples)"
     )

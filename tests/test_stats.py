@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from actadd_notes.experiments.stats import Difference, Summary, difference, holm, prompt_difference, summarize
+from actadd_notes.experiments.stats import (
+    Difference,
+    Summary,
+    difference,
+    holm,
+    prompt_difference,
+    proportion,
+    stratified_difference,
+    summarize,
+)
 
 
 @pytest.fixture
@@ -160,3 +169,61 @@ def test_prompt_clustered_intervals_hold_their_coverage_when_rows_are_correlated
     tolerance = 4 * math.sqrt(0.05 * 0.95 / trials)
     assert covered_paired / trials >= 0.95 - tolerance
     assert covered_rows / trials < 0.95 - tolerance
+
+
+def test_stratified_difference_with_one_prompt_is_welch(rng):
+    steered, baseline = rng.normal(size=10), rng.normal(size=12)
+    assert stratified_difference(steered, baseline, [0] * 10, [0] * 12) == difference(steered, baseline)
+
+
+def test_stratified_difference_is_the_mean_of_per_prompt_differences_with_pooled_within_prompt_variance():
+    steered = [1.0, 2.0, 3.0, 10.0, 12.0, 14.0]
+    baseline = [0.0, 1.0, 2.0, 9.0, 10.0, 11.0]
+    prompts = [0, 0, 0, 1, 1, 1]
+    result = stratified_difference(steered, baseline, prompts, prompts)
+    assert result.estimate == pytest.approx(((2 - 1) + (12 - 10)) / 2)
+    # within-prompt variances: steered (1 + 4) / 2 · … pooled over 4 df; baseline (1 + 1) pooled over 4 df
+    steered_var, baseline_var = (2 + 8) / 4, (2 + 2) / 4
+    se = math.sqrt((steered_var * (1 / 3 + 1 / 3) + baseline_var * (1 / 3 + 1 / 3)) / 4)
+    parts = [steered_var * (2 / 3) / 4, baseline_var * (2 / 3) / 4]
+    df = sum(parts) ** 2 / sum(p**2 / 4 for p in parts)
+    assert result.df == pytest.approx(df)
+    assert result.ci_high - result.estimate == pytest.approx(stats.t.ppf(0.975, df) * se)
+    assert result.method == "stratified"
+
+
+def test_a_second_prompt_that_moved_as_well_narrows_the_interval_on_these_prompts(rng):
+    """The issue's case: two prompts both moved; prompts as the unit (1 df) cannot say so, these prompts can."""
+    prompts = [p for p in range(2) for _ in range(16)]
+    baseline = rng.normal(0.0, 0.4, len(prompts))
+    steered = baseline + 0.46 + rng.normal(0.0, 0.2, len(prompts))
+    one = stratified_difference(steered[:16], baseline[:16], prompts[:16], prompts[:16])
+    two = stratified_difference(steered, baseline, prompts, prompts)
+    across = prompt_difference(steered, baseline, prompts, prompts)
+    assert one.ci_low > 0 and two.ci_low > 0
+    assert two.ci_high - two.ci_low < one.ci_high - one.ci_low
+    assert across.df == 1.0 and across.ci_high - across.ci_low > two.ci_high - two.ci_low
+
+
+def test_stratified_intervals_cover_the_mean_over_the_prompts_in_hand(rng):
+    """Prompts fixed (their effects differ), samples random: the interval covers the mean of these prompts' effects."""
+    trials, covered = 1_500, 0
+    effects = rng.normal(0.0, 0.5, 5)
+    prompts = [p for p in range(5) for _ in range(8)]
+    for _ in range(trials):
+        steered = [effects[p] + rng.normal(0, 0.3) for p in prompts]
+        baseline = [rng.normal(0, 0.3) for _ in prompts]
+        result = stratified_difference(steered, baseline, prompts, prompts)
+        covered += result.ci_low <= effects.mean() <= result.ci_high
+    assert covered / trials >= 0.95 - 4 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_proportion_is_wilsons_interval():
+    share = proportion(3, 10)  # Wilson's interval for 3 of 10: [0.1078, 0.6032]
+    assert (share.estimate, share.successes, share.n) == (0.3, 3, 10)
+    assert (share.ci_low, share.ci_high) == (pytest.approx(0.10779, abs=1e-5), pytest.approx(0.60322, abs=1e-5))
+    share = proportion(0, 20)
+    assert share.estimate == 0 and share.ci_low == 0 and share.ci_high == pytest.approx(0.16113, abs=1e-5)
+    assert proportion(0, 0).estimate is None
+    with pytest.raises(ValueError):
+        proportion(3, 2)

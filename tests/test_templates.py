@@ -97,6 +97,9 @@ def test_sweep_comparison_table():
             confirmed_ci_high=0.62,
             control_difference=0.35,
             effect="detected",
+            scope="held-out prompts",
+            prompts=40,
+            versus_prompting="steering better",
             date=date(2024, 1, 2),
         ),
         dict(
@@ -113,6 +116,9 @@ def test_sweep_comparison_table():
             confirmed_ci_high=None,
             control_difference=None,
             effect="none",
+            scope=None,
+            prompts=1,
+            versus_prompting=None,
             date="2024-01-03",
         ),
     ]
@@ -120,8 +126,8 @@ def test_sweep_comparison_table():
     rows = [line for line in text.splitlines() if line.startswith("| [[")]
     assert rows == [
         "| [[Results/love-hate-sweep 2024-01-02]] | embedded | actadd | 6 | 4 | sentiment | 0.2 | 0.8346 "
-        "| +0.410 [+0.200, +0.620] | +0.350 | detected | 2024-01-02 |",
-        r"| [[Results/other\|other]] | a\|b | — | — | — | toxicity | 0.1 | — | — | — | none | 2024-01-03 |",
+        "| +0.410 [+0.200, +0.620] | +0.350 | detected | held-out prompts | 40 | steering better | 2024-01-02 |",
+        r"| [[Results/other\|other]] | a\|b | — | — | — | toxicity | 0.1 | — | — | — | none | — | 1 | — | 2024-01-03 |",
     ]
     note = Note.parse(text, Path("c.md"))
     assert note.properties["type"] == "actadd-comparison"

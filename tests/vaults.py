@@ -64,10 +64,10 @@ def example_vault(tmp_path) -> Path:
 
 @pytest.fixture
 def idle_vault(example_vault) -> Path:
-    """The example vault with its spec (on the slow embedded model) set to draft: a watcher
+    """The example vault with its specs (on the slow embedded model) set to draft: a watcher
     started on it has nothing to run until a test queues something."""
-    sweep = example_vault / "Experiments" / "love-hate-sweep.md"
-    sweep.write_text(sweep.read_text().replace("status: queued", "status: draft", 1))
+    for spec in (example_vault / "Experiments").glob("*.md"):
+        spec.write_text(spec.read_text().replace("status: queued", "status: draft", 1))
     return example_vault
 
 

@@ -10,8 +10,8 @@ random push, and its interval carries the spread between directions.
 
 Coefficients are `absolute` (the paper's c) or in `residual_norm` units: c × the layer's typical
 residual norm / the vector's norm, so one coefficient list pushes as hard at every layer. The
-typical norm is the median norm of the prompts' residual stream at that layer over every token
-after the first (the first position often carries activations orders of magnitude larger); the
+typical norm is the median norm of the prompts' residual stream (the first `NORM_PROMPTS`) at that
+layer over every token after the first (the first position often carries activations orders of magnitude larger); the
 vector's norm is the mean of its rows' norms in front mode (each row lands on one position) and
 the norm of its mean row with `position: all` (what is added). Extra additions keep their
 absolute coefficients.
@@ -33,6 +33,8 @@ from actadd_notes.experiments.spec import ExperimentSpec
 from actadd_notes.steering.contrast import PairDifferences, pair_differences
 from actadd_notes.steering.lm import Addition, SteerableLM
 from actadd_notes.steering.vectors import ActAdd, SteeringVector
+
+NORM_PROMPTS = 32  # prompts the typical residual norm is measured on
 
 
 def control_seed(seed: int, layer: int, prompt_index: int = 0, sample: int = 0) -> int:
@@ -70,8 +72,10 @@ class ResidualNorms:
 
     @classmethod
     def measure(cls, lm: SteerableLM, spec: ExperimentSpec) -> ResidualNorms:
+        """Over the spec's first `NORM_PROMPTS` prompts: a data set's hundreds would add a forward
+        pass each for a median that is settled long before."""
         per_prompt = []
-        for prompt in spec.prompts:
+        for prompt in spec.prompts[:NORM_PROMPTS]:
             stacked, _ = lm.activations([prompt], pad_token=spec.pad_token)
             per_prompt.append(stacked[:, 0].float().norm(dim=-1))  # [layers, T]
         first = torch.stack([n[:, 0] for n in per_prompt]).mean(dim=0)
@@ -173,8 +177,8 @@ class Additions:
                 )
 
     def for_row(self, setting: Setting, prompt_index: int, sample: int = 0) -> list[Addition] | None:
-        """What row (prompt_index, sample) of `setting` adds (None: the baseline)."""
-        if setting.is_baseline:
+        """What row (prompt_index, sample) of `setting` adds (None: the baseline and the prompting baseline)."""
+        if not setting.steers:
             return None
         assert setting.layer is not None and setting.coeff is not None
         spec = self.spec

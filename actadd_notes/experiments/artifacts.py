@@ -1,5 +1,5 @@
-"""Files a run produces — results.json, completions.csv, settings.csv, plots, vectors, the
-Optuna study — as bytes keyed by file name.
+"""Files a run produces — results.json, completions.csv, settings.csv, prompts.csv, plots, vectors,
+the Optuna study — as bytes keyed by file name.
 
 Bytes rather than paths: where they land (and how atomically) is the vault layer's business.
 Everything comes from the `ExperimentResult`; no model is needed.
@@ -13,13 +13,15 @@ import json
 import math
 from typing import Any
 
-from actadd_notes.experiments.metrics import PERPLEXITY, REGISTRY
+from actadd_notes.experiments.metrics import PERPLEXITY, REGISTRY, rate_names
 from actadd_notes.experiments.plots import plots
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, ExperimentResult, SettingResult
+from actadd_notes.experiments.stats import Difference
 
 RESULTS = "results.json"
 COMPLETIONS = "completions.csv"
 SETTINGS = "settings.csv"
+PROMPTS = "prompts.csv"
 STUDY = "study.sqlite3"
 
 
@@ -29,6 +31,7 @@ def render_artifacts(result: ExperimentResult) -> dict[str, bytes]:
         RESULTS: json.dumps(json_safe(result.to_dict()), indent=2, ensure_ascii=False).encode(),
         COMPLETIONS: completions_csv(result),
         SETTINGS: settings_csv(result),
+        PROMPTS: prompts_csv(result),
     }
     files.update(plots(result))
     files.update({f"{name}.safetensors": vector.to_bytes() for name, vector in result.vectors.items()})
@@ -52,20 +55,23 @@ def _score_names(result: ExperimentResult) -> list[str]:
     """Per-completion scores: perplexity (the guard's), then the spec's text metrics in order
     (kl is per prompt, not per row)."""
     names = [REGISTRY[m].score_name for m in result.spec.metrics if m != "kl"]
-    return list(dict.fromkeys([PERPLEXITY, *names]))
+    return list(dict.fromkeys([PERPLEXITY, *names, *rate_names(result.spec.metrics)]))
 
 
 def completions_csv(result: ExperimentResult) -> bytes:
+    """Every completion with its scores. Encoded row by row into one buffer: at a data set's scale
+    (tens of thousands of completions) the table exists once as bytes, not also as one long str."""
     names = _score_names(result)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["stage", "setting", "layer", "coeff", "prompt", "sample", "seed", "completion", *names])
-    for s in result.samples:
-        writer.writerow([
-            s.stage, s.setting.label, s.setting.layer, s.setting.coeff, s.completion.prompt, s.sample,
-            s.completion.seed, s.completion.text, *(_cell(s.scores.get(n)) for n in names),
-        ])  # fmt: skip
-    return buffer.getvalue().encode()
+    buffer = io.BytesIO()
+    with io.TextIOWrapper(buffer, encoding="utf-8", newline="", write_through=True) as text:
+        writer = csv.writer(text)
+        writer.writerow(["stage", "setting", "layer", "coeff", "prompt", "sample", "seed", "completion", *names])
+        for s in result.samples:
+            writer.writerow([
+                s.stage, s.setting.label, s.setting.layer, s.setting.coeff, s.completion.prompt, s.sample,
+                s.completion.seed, s.completion.text, *(_cell(s.scores.get(n)) for n in names),
+            ])  # fmt: skip
+        return buffer.getvalue()
 
 
 def settings_csv(result: ExperimentResult) -> bytes:
@@ -79,6 +85,7 @@ def settings_csv(result: ExperimentResult) -> bytes:
     if result.confirmation is not None:
         confirmed = result.confirmation
         rows += [(CONFIRMATION, confirmed.baseline), (CONFIRMATION, confirmed.best), (CONFIRMATION, confirmed.control)]
+        rows += [(CONFIRMATION, confirmed.prompting)] if confirmed.prompting else []
     best = result.best.setting if result.best else None
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -95,6 +102,39 @@ def settings_csv(result: ExperimentResult) -> bytes:
                 _cell(None if row.setting.is_baseline else row.perplexity_ratio),
                 row.rejected, row.setting == best and not row.setting.control, result.effect,
             ])  # fmt: skip
+    return buffer.getvalue().encode()
+
+
+def prompts_csv(result: ExperimentResult) -> bytes:
+    """Every prompt of the run, one row each: its source row, which stage ran on it, and for the
+    confirmation prompts the best setting's differences to the baseline, the control and prompting on
+    that prompt's samples alone (Welch, 95%) — the per-prompt detail a note has no room for."""
+    spec, split, confirmed = result.spec, result.split, result.confirmation
+    source = spec.prompt_source
+    searched = set(split.search) if split else set(range(len(spec.prompts)))
+    held = set(split.confirmation) if split else set(range(len(spec.prompts)))
+    effects = {e.prompt_index: e for e in confirmed.prompt_effects} if confirmed else {}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    sides = ("difference", "versus_control", "versus_prompting")
+    writer.writerow([
+        "prompt_index", "source_row", "searched", "confirmed", "prompt", "n", "n_baseline",
+        *(f"{side}{part}" for side in sides for part in ("", "_ci_low", "_ci_high")),
+    ])  # fmt: skip
+    for index, prompt in enumerate(spec.prompts):
+        effect = effects.get(index)
+        numbers: list[str | int] = []
+        for side in sides:
+            d: Difference | None = getattr(effect, side) if effect else None
+            numbers += [
+                _cell(d.estimate if d else None),
+                _cell(d.ci_low if d else None),
+                _cell(d.ci_high if d else None),
+            ]
+        writer.writerow([
+            index, source.row_ids[index] if source else "", index in searched, index in held and confirmed is not None,
+            prompt, effect.difference.n if effect else "", effect.difference.n_baseline if effect else "", *numbers,
+        ])  # fmt: skip
     return buffer.getvalue().encode()
 
 

@@ -66,6 +66,31 @@ def reproducibility(spec: ExperimentSpec, lm: SteerableLM, wall_time: float, ext
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "layers": lm.num_layers,
         "wall_time_s": round(wall_time, 2),
+        **_prompt_record(spec),
         **extra,
     }
     return {key: value for key, value in record.items() if value not in ("", None)}
+
+
+def _prompt_record(spec: ExperimentSpec) -> dict[str, Any]:
+    """Which rows of which source the prompts are, and how they were split: what a re-run must read again."""
+    record: dict[str, Any] = {"confirm_prompts": spec.confirm_prompts}
+    source = spec.prompt_source
+    if source is not None:
+        record |= {
+            "prompt_source": source.description,
+            "prompt_source_hash": source.source_hash,
+            "prompt_rows": id_ranges(source.row_ids),
+        }
+    return record
+
+
+def id_ranges(ids: Sequence[int]) -> str:
+    """Row ids as runs: `0–39` or `3, 7–9, 15` (sorted, as a draw keeps them)."""
+    runs: list[list[int]] = []
+    for row in ids:
+        if runs and row == runs[-1][1] + 1:
+            runs[-1][1] = row
+        else:
+            runs.append([row, row])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs)

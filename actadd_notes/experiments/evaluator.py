@@ -2,25 +2,31 @@
 
 Row (prompt i, sample k) draws from seed `row_seed(spec.seed, i, k)` in every setting and in
 the baseline, so steered rows and their baseline share random numbers and differences are less
-noisy. A stage owns a range of sample indexes: the search uses 0 … samples−1 and the
-confirmation the next `confirm_samples`, so no confirmation row reuses a search seed.
+noisy. A stage owns a range of sample indexes and a set of prompts: the search uses samples
+0 … samples−1 and the confirmation the next `confirm_samples`, so no confirmation row reuses a
+search seed (and with held-out prompts, no search prompt either).
+
+The prompting baseline's rows carry its words around the prompt; they are scored as a
+continuation of the user's prompt alone, as steered rows are, so the fluency guard and the
+metrics judge both the same way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from actadd_notes.errors import Cancelled
 from actadd_notes.experiments.additions import Additions
-from actadd_notes.experiments.metrics import PERPLEXITY, Metric, Objective, build_text_metrics
+from actadd_notes.experiments.design import prompting_text
+from actadd_notes.experiments.metrics import PERPLEXITY, Metric, Objective, build_text_metrics, rate_scores
 from actadd_notes.experiments.results import Sample, Setting, SettingResult
 from actadd_notes.experiments.spec import ExperimentSpec
-from actadd_notes.experiments.stats import prompt_difference, summarize
-from actadd_notes.steering.lm import Addition, SteerableLM
+from actadd_notes.experiments.stats import stratified_difference, summarize
+from actadd_notes.steering.lm import Addition, Completion, SteerableLM
 
 ProgressCallback = Callable[[int, int, str], None]
 Scores = dict[str, tuple[list[float], list[int]]]  # score name → (values, prompt index of each value)
@@ -68,8 +74,10 @@ class Evaluator:
         progress: Progress | None = None,
         metrics: Sequence[Metric] | None = None,
         additions: Additions | None = None,
+        prompts: Sequence[int] | None = None,
     ):
         self.spec = spec
+        self.prompt_indices = tuple(prompts) if prompts is not None else tuple(range(len(spec.prompts)))
         self.lm = lm
         self.objective = objective
         self.stage = stage
@@ -90,7 +98,7 @@ class Evaluator:
         """Every sampling seed this stage uses."""
         return {
             row_seed(self.spec.seed, i, self.first_sample + k)
-            for i in range(len(self.spec.prompts))
+            for i in self.prompt_indices
             for k in range(self.samples_per_prompt)
         }
 
@@ -100,7 +108,7 @@ class Evaluator:
         todo = list(settings)
         if self.baseline is None:
             todo.insert(0, Setting())
-        prompts_of = range(len(spec.prompts))
+        prompts_of = self.prompt_indices
         # rows carry their setting's position in `todo`: a search may propose one setting twice
         rows = [
             (n, i, self.first_sample + k)
@@ -110,7 +118,7 @@ class Evaluator:
         ]
         steer = [self.additions.for_row(todo[n], i, k) for n, i, k in rows]
         completions = self.lm.complete(
-            [spec.prompts[i] for _, i, _ in rows],
+            [self._text(todo[n], i) for n, i, _ in rows],
             seeds=[row_seed(spec.seed, i, k) for _, i, k in rows],
             steer=steer,
             max_new_tokens=spec.max_new_tokens,
@@ -127,15 +135,17 @@ class Evaluator:
         self.progress.done += len(rows)
         self.progress.report("scoring")
         generation = self.lm.last_generation
-        scores: dict[str, list[float]] = {PERPLEXITY: self.lm.perplexities(completions, batch_size=spec.batch_size)}
+        scored = self._as_continuations(completions, [todo[n] for n, _, _ in rows], [i for _, i, _ in rows])
+        scores: dict[str, list[float]] = {PERPLEXITY: self.lm.perplexities(scored, batch_size=spec.batch_size)}
         scoring = self.lm.last_scoring
         self._records.append(
             {**(generation.to_record() if generation else {}), **(scoring.to_record() if scoring else {})}
         )
-        texts = [c.text for c in completions]
-        prompts = [c.prompt for c in completions]
+        texts = [c.text for c in scored]
+        prompts = [c.prompt for c in scored]
         for metric in self.metrics:
             scores[metric.name] = metric.score(prompts, texts)
+        scores.update(rate_scores(scores))
         for index, (n, prompt_index, sample) in enumerate(rows):
             row_scores = {name: values[index] for name, values in scores.items()}
             self.samples.append(Sample(self.stage, todo[n], prompt_index, sample, completions[index], row_scores))
@@ -146,8 +156,7 @@ class Evaluator:
                 name: ([values[i] for i in picked], [rows[i][1] for i in picked]) for name, values in scores.items()
             }
             if "kl" in spec.metrics:
-                additions = [self.additions.for_row(setting, i, self.first_sample) for i in prompts_of]
-                per_setting["kl"] = (self._kl(additions), list(prompts_of))
+                per_setting["kl"] = (self._kl(setting), list(prompts_of))
             self._values[setting] = per_setting
             result = self._summarise(setting, per_setting)
             if setting.is_baseline:
@@ -157,15 +166,43 @@ class Evaluator:
                 results.append(result)
         return results
 
-    def _kl(self, additions: list[list[Addition] | None]) -> list[float]:
-        """KL(steered ‖ unsteered) of the next-token distribution at the end of each prompt
-        (`additions`: each prompt's, all None for the baseline)."""
+    def _text(self, setting: Setting, prompt_index: int) -> str:
+        """What row (setting, prompt) is prompted with: the prompt, or the prompting baseline's words around it."""
+        prompt = self.spec.prompts[prompt_index]
+        if setting.prompting:
+            assert self.spec.prompt_baseline is not None
+            return prompting_text(self.spec.prompt_baseline, prompt)
+        return prompt
+
+    def _as_continuations(
+        self, completions: Sequence[Completion], settings: Sequence[Setting], prompt_indexes: Sequence[int]
+    ) -> list[Completion]:
+        """Completions as continuations of the user's own prompt: the prompting baseline's are re-based
+        from its worded prompt, so they are judged as steered text is."""
+        rebased = list(completions)
+        for row, (setting, index) in enumerate(zip(settings, prompt_indexes)):
+            if setting.prompting:
+                prompt = self.spec.prompts[index]
+                encoded = self.lm.encode(prompt, chat=self.spec.chat)
+                rebased[row] = replace(completions[row], prompt=prompt, prompt_ids=encoded.ids)
+        return rebased
+
+    def _kl(self, setting: Setting) -> list[float]:
+        """KL(this setting ‖ unsteered) of the next-token distribution at the end of each of this stage's prompts."""
         spec = self.spec
+        prompts = [spec.prompts[i] for i in self.prompt_indices]
         if self._baseline_logits is None:
-            self._baseline_logits = self.lm.next_token_logits(spec.prompts, chat=spec.chat)
-        if all(entry is None for entry in additions):
-            return [0.0] * len(spec.prompts)
-        steered = self.lm.next_token_logits(spec.prompts, steer=additions, chat=spec.chat, position=spec.position)
+            self._baseline_logits = self.lm.next_token_logits(prompts, chat=spec.chat)
+        if setting.is_baseline:
+            return [0.0] * len(prompts)
+        if setting.prompting:
+            worded = [self._text(setting, i) for i in self.prompt_indices]
+            steered = self.lm.next_token_logits(worded, chat=spec.chat)
+        else:
+            additions: list[list[Addition] | None] = [
+                self.additions.for_row(setting, i, self.first_sample) for i in self.prompt_indices
+            ]
+            steered = self.lm.next_token_logits(prompts, steer=additions, chat=spec.chat, position=spec.position)
         p = torch.log_softmax(steered, -1)
         q = torch.log_softmax(self._baseline_logits, -1)
         return [float(x) for x in (p.exp() * (p - q)).sum(-1).tolist()]
@@ -204,7 +241,7 @@ def summarise_setting(
     if baseline is None:
         return result
     result.differences = {
-        name: prompt_difference(v, baseline[name][0], prompts, baseline[name][1])
+        name: stratified_difference(v, baseline[name][0], prompts, baseline[name][1])
         for name, (v, prompts) in values.items()
     }
     base, mine = summarize(baseline[PERPLEXITY][0]).mean, result.mean(PERPLEXITY)

@@ -10,6 +10,7 @@ use and their models are loaded once per process.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class MetricInfo:
     column: str | None = None  # the score's name in results when it differs (fluency → perplexity)
     inverted: bool = False  # the column falls as the metric rises (perplexity vs fluency)
     classified: bool = False  # `classifier:` can supply it
+    rate: tuple[str, float] | None = None  # (name, threshold): the share of completions scoring ≥ threshold
 
     @property
     def score_name(self) -> str:
@@ -51,8 +53,8 @@ class MetricInfo:
 REGISTRY: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("sentiment", None, classified=True),
-        MetricInfo("profanity", False),
+        MetricInfo("sentiment", None, classified=True, rate=("positive_rate", 0.05)),
+        MetricInfo("profanity", False, rate=("profane_rate", 0.5)),
         MetricInfo(
             "toxicity",
             False,
@@ -60,6 +62,7 @@ REGISTRY: dict[str, MetricInfo] = {
             need_hint="a classifier model — name one with classifier: (a Hugging Face text-classification id or "
             "path, e.g. s-nlp/roberta_toxicity_classifier), or use profanity (offline)",
             classified=True,
+            rate=("toxic_rate", 0.5),
         ),
         MetricInfo("relevance", True, needs="topic", need_hint="a text to compare completions with, such as weddings"),
         MetricInfo(
@@ -92,6 +95,24 @@ class Objective:
     def better(self, value: float) -> float:
         """A key that sorts the best value highest."""
         return self.sign * value
+
+
+def rate_scores(scores: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """The paper's success rates, per completion: 1.0 where a metric with a `rate` scores at or above
+    its threshold (VADER's own convention: compound ≥ 0.05 is positive), else 0.0; NaN stays NaN.
+    Their means are the shares of completions a metric calls positive, toxic or profane."""
+    rates = {}
+    for name, values in scores.items():
+        info = REGISTRY.get(name)
+        if info is not None and info.rate is not None:
+            column, threshold = info.rate
+            rates[column] = [value if math.isnan(value) else float(value >= threshold) for value in values]
+    return rates
+
+
+def rate_names(metrics: Sequence[str]) -> list[str]:
+    """The rate columns that `metrics` produce, in their order."""
+    return [info.rate[0] for name in metrics if (info := REGISTRY[name]).rate is not None]
 
 
 class Metric(Protocol):

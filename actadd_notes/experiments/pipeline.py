@@ -7,8 +7,9 @@ Scientific ground rules, enforced here rather than left to the user:
 * a fluency guard rejects settings whose perplexity (under the unsteered model) exceeds
   `max_perplexity_ratio` × the baseline's: degenerate text cannot win;
 * many settings tried means many tests: the search's p-values are Holm-adjusted over all of them;
-* the search's winner is generated again on fresh seeds with a fresh baseline and a
-  random-direction control, and the verdict (`verdict.decide`) rests on that confirmation.
+* the search's winner is generated again on fresh seeds with a fresh baseline, a
+  random-direction control and a prompting baseline — on prompts the search never saw when there
+  are enough of them (design.py) — and the verdict (`verdict.decide`) rests on that confirmation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 from actadd_notes.errors import note_context
 from actadd_notes.experiments.additions import Additions, control_seed
+from actadd_notes.experiments.confirmation import summarise_confirmation
+from actadd_notes.experiments.design import PromptSplit, prompting_text, split_prompts
 from actadd_notes.experiments.diagnostics import reproducibility, vector_diagnostics
 from actadd_notes.experiments.evaluator import Evaluator, Progress, ProgressCallback, text_metrics
 from actadd_notes.experiments.metrics import Metric, Objective
@@ -29,7 +32,7 @@ from actadd_notes.experiments.report import findings
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, Confirmation, ExperimentResult, Setting, pick_best
 from actadd_notes.experiments.search import run_bayes, run_grid
 from actadd_notes.experiments.spec import ExperimentSpec, check_layers, check_lengths, check_work, estimate_work
-from actadd_notes.experiments.stats import holm, prompt_difference
+from actadd_notes.experiments.stats import holm
 from actadd_notes.experiments.verdict import decide
 from actadd_notes.steering.lm import SteerableLM
 from actadd_notes.steering.vectors import ActAdd, SteeringVector
@@ -47,7 +50,11 @@ def run_experiment(
     """Run `spec` (grid or bayes) with its baselines and confirmation; `progress(done, total, stage)` follows it."""
     import_in_background(modules_for(spec, lm.device))  # ready when the generations are done
     check_layers(spec, lm.num_layers, lm.short_name, note=note)
-    check_lengths(spec, [len(lm.encode(p, chat=spec.chat).ids) for p in spec.prompts], _context_length(lm), note=note)
+    spec = first_tokens(spec, lm)
+    worded = [prompting_text(spec.prompt_baseline, p) for p in spec.prompts] if spec.prompt_baseline else []
+    lengths = [len(lm.encode(p, chat=spec.chat).ids) for p in [*spec.prompts, *worded]]
+    check_lengths(spec, lengths, _context_length(lm), note=note)
+    split = split_prompts(len(spec.prompts), spec.seed, spec.confirm_prompts)
     estimate = estimate_work(spec)
     check_work(spec, estimate, note=note)
     started = time.perf_counter()
@@ -57,7 +64,9 @@ def run_experiment(
     additions = Additions(spec, lm)
     with note_context(note) if note else nullcontext():
         additions.check_fits()
-    search = Evaluator(spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics, additions=additions)
+    search = Evaluator(
+        spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics, additions=additions, prompts=split.search
+    )
     trials: list[dict[str, Any]] = []
     trials_to_best, study = None, None
     if spec.search == "bayes":
@@ -70,7 +79,7 @@ def run_experiment(
     confirmation, confirming = None, None
     confirming_since = time.perf_counter()
     if spec.confirm and best is not None:
-        confirmation, confirming = _confirm(spec, lm, objective, best.setting, search, tracker, metrics)
+        confirmation, confirming = _confirm(spec, lm, objective, best.setting, search, tracker, metrics, split)
     timing = {"confirmation_wall_time_s": round(time.perf_counter() - confirming_since, 2)} if confirmation else {}
     engine = {**search.record, **(confirming.record if confirming else {})}
     assert search.baseline is not None
@@ -83,10 +92,11 @@ def run_experiment(
         best=best,
         confirmation=confirmation,
         verdict=decide(objective, best, confirmation, settings_tested=len(settings)),
-        vectors=_vectors(spec, additions, best.setting if best else None),
+        vectors=_vectors(spec, additions, best.setting if best else None, split.confirmation[0]),
         trials=trials,
         trials_to_best=trials_to_best,
         study=study,
+        split=split,
     )
     layers = sorted({s.setting.layer for s in settings if s.setting.layer is not None})
     result.diagnostics = vector_diagnostics(spec, lm, additions, layers, best.setting if best else None)
@@ -104,41 +114,62 @@ def _confirm(
     search: Evaluator,
     tracker: Progress,
     metrics: list[Metric],
+    split: PromptSplit,
 ) -> tuple[Confirmation, Evaluator]:
-    """The best setting, a fresh baseline and the random-direction control on seeds the search never used."""
+    """The best setting, a fresh baseline, the random-direction control and the prompting baseline on
+    seeds the search never used, and on the split's confirmation prompts."""
     stage = Evaluator(
         spec, lm, objective, stage=CONFIRMATION, first_sample=spec.samples, samples=spec.confirmation_samples,
-        progress=tracker, metrics=metrics, additions=search.additions,
+        progress=tracker, metrics=metrics, additions=search.additions, prompts=split.confirmation,
     )  # fmt: skip
     if stage.seeds & search.seeds:  # impossible by construction (evaluator.row_seed): a bug if it happens
         raise AssertionError("confirmation seeds overlap the search's")
     assert best.layer is not None
     control = Setting(best.layer, best.coeff, control=True, offset=best.offset)
-    confirmed_best, confirmed_control = stage.evaluate([best, control])
+    arms = [best, control] + ([Setting(prompting=True)] if spec.prompt_baseline else [])
+    confirmed = stage.evaluate(arms)
     assert stage.baseline is not None
-    (steered, steered_prompts), (random, random_prompts) = (
-        stage.scores_of(s, objective.column) for s in (best, control)
-    )
-    confirmation = Confirmation(
+    named = {"baseline": Setting(), "best": best, "control": control}
+    if spec.prompt_baseline:
+        named["prompting"] = arms[2]
+    confirmation = summarise_confirmation(
+        objective,
         baseline=stage.baseline,
-        best=confirmed_best,
-        control=confirmed_control,
-        versus_control=prompt_difference(steered, random, steered_prompts, random_prompts),
+        best=confirmed[0],
+        control=confirmed[1],
+        prompting=confirmed[2] if spec.prompt_baseline else None,
+        scores={name: stage.scores_of(setting, objective.column) for name, setting in named.items()},
+        prompts=split.confirmation,
+        design=split.design,
         samples=stage.samples_per_prompt,
-        control_seed=control_seed(spec.seed, best.layer, 0, spec.samples),
+        control_seed=control_seed(spec.seed, best.layer, split.confirmation[0], spec.samples),
     )
     return confirmation, stage
 
 
-def _vectors(spec: ExperimentSpec, additions: Additions, best: Setting | None) -> dict[str, SteeringVector]:
+def first_tokens(spec: ExperimentSpec, lm: SteerableLM) -> ExperimentSpec:
+    """The spec with each prompt cut to its first `prompt_tokens` tokens (how the paper made prompts of
+    reviews); unchanged without the key."""
+    if spec.prompt_tokens is None:
+        return spec
+    cut = []
+    for prompt in spec.prompts:
+        ids = lm.tokenizer.encode(prompt, add_special_tokens=False)
+        cut.append(lm.tokenizer.decode(ids[: spec.prompt_tokens]) if len(ids) > spec.prompt_tokens else prompt)
+    return replace(spec, prompts=tuple(cut))
+
+
+def _vectors(
+    spec: ExperimentSpec, additions: Additions, best: Setting | None, first_confirmed: int
+) -> dict[str, SteeringVector]:
     """The unscaled vectors of the best setting, its control and the extra additions, on the CPU
-    (with `align`, the placement of the first prompt)."""
+    (with `align`, the placement of the first confirmation prompt)."""
     if best is None or best.layer is None:
         return {}
-    offset = additions.start(0) + best.offset
+    offset = additions.start(first_confirmed) + best.offset
     vectors = {f"vector-L{best.layer}": additions.vector(best.layer, offset)}
-    if spec.confirm:
-        vectors["control"] = additions.control(best.layer, offset, 0, spec.samples)  # the first control row's
+    if spec.confirm:  # the first control row's
+        vectors["control"] = additions.control(best.layer, offset, first_confirmed, spec.samples)
     for number, addition in enumerate(spec.extra_additions, 1):
         extra = ActAdd(addition.add, addition.sub, addition.layer, 1.0, spec.pad_token)
         vectors[f"vector-extra{number}-L{addition.layer}"] = additions.lm.steering_vector(extra)

@@ -1,5 +1,6 @@
 """The run's plots as PNG bytes: objective heatmap over layer × coeff, each metric against the
-coefficient per layer with CI bands, objective against fluency, and a Bayesian search's history."""
+coefficient per layer with CI bands, objective against fluency, a Bayesian search's history, and
+the confirmed setting's effect on each confirmation prompt."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 HEATMAP = "heatmap.png"
+PER_PROMPT = "per-prompt.png"
 
 
 def plots(result: ExperimentResult) -> dict[str, bytes]:
@@ -34,6 +36,8 @@ def plots(result: ExperimentResult) -> dict[str, bytes]:
     figures["objective-vs-fluency.png"] = _objective_vs_fluency(result)
     if result.trials:
         figures["trials.png"] = _trial_history(result)
+    if result.confirmation is not None and len(result.confirmation.prompt_effects) > 1:
+        figures[PER_PROMPT] = _per_prompt(result)
     return {name: _png(figure) for name, figure in figures.items()}
 
 
@@ -145,6 +149,37 @@ def _objective_vs_fluency(result: ExperimentResult) -> Figure:
     axes.set_xlabel("perplexity ÷ baseline perplexity (log)")
     axes.set_ylabel(result.objective.column)
     axes.set_title(f"{result.objective.column} vs fluency")
+    axes.legend(fontsize=8)
+    return figure
+
+
+def _per_prompt(result: ExperimentResult) -> Figure:
+    """Each confirmation prompt's difference to the baseline with its 95% interval, sorted, against the
+    mean over prompts: a prompt that moved the other way stands out."""
+    import matplotlib.pyplot as plt
+
+    assert result.confirmation is not None
+    confirmed, score = result.confirmation, result.objective.column
+    effects = sorted(
+        (e.difference for e in confirmed.prompt_effects if e.difference.estimate is not None),
+        key=lambda d: result.objective.better(d.estimate or 0.0),
+    )
+    ranks = list(range(1, len(effects) + 1))
+    estimates = _column(d.estimate for d in effects)
+    lows = [e - (d.ci_low if d.ci_low is not None else e) for e, d in zip(estimates, effects)]
+    highs = [(d.ci_high if d.ci_high is not None else e) - e for e, d in zip(estimates, effects)]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    wrong = [result.objective.better(e) < 0 for e in estimates]
+    colours = ["tab:red" if w else "tab:blue" for w in wrong]
+    axes.errorbar(ranks, estimates, yerr=[lows, highs], fmt="none", ecolor="grey", alpha=0.5, lw=1)
+    axes.scatter(ranks, estimates, c=colours, s=14, zorder=3, label="prompt (red: moved the other way)")
+    axes.axhline(0, color="black", lw=1)
+    mean = confirmed.best.differences.get(score)
+    if mean is not None and mean.estimate is not None:
+        axes.axhline(mean.estimate, color="tab:green", ls="--", lw=1, label=f"mean over prompts {mean.estimate:+.3f}")
+    axes.set_xlabel("confirmation prompt, sorted by its difference")
+    axes.set_ylabel(f"Δ {score} vs baseline (95% CI over its samples)")
+    axes.set_title(f"{confirmed.best.setting.label} on each of {len(effects)} prompts")
     axes.legend(fontsize=8)
     return figure
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from actadd_notes.experiments.design import HELD_OUT
+from actadd_notes.experiments.metrics import REGISTRY
 from actadd_notes.experiments.results import NO_SETTING, ExperimentResult, SettingResult
+from actadd_notes.experiments.stats import Proportion
 from actadd_notes.experiments.verdict import interval, number
 
 SIGNIFICANT = 0.05  # the family-wise level the settings table marks
@@ -17,19 +20,39 @@ SIGNIFICANT = 0.05  # the family-wise level the settings table marks
 
 def findings(result: ExperimentResult) -> list[str]:
     """Plain statements for the result note, the verdict first."""
-    lines = [result.verdict.sentence, *_method_lines(result)]
+    lines = [result.verdict.sentence, _prompts_line(result), *_method_lines(result)]
     lines += _search_lines(result)
     lines += _confirmation_lines(result)
+    lines += _per_prompt_lines(result)
+    lines += _prompting_lines(result)
+    lines += _rate_lines(result)
     lines += _guard_lines(result)
     lines += _direction_lines(result)
-    if len(result.spec.prompts) > 1:
-        prompts = len(result.spec.prompts)
-        lines.append(
-            f"With {prompts} prompts, intervals of differences treat prompts as the unit (a paired t over the "
-            f"per-prompt mean differences, {prompts - 1} df): the claim generalises beyond these prompts, and "
-            "more prompts, not more samples, narrow it."
-        )
     return lines
+
+
+def _prompts_line(result: ExperimentResult) -> str:
+    """Where the prompts came from and which stage ran on which."""
+    spec, split = result.spec, result.split
+    source = spec.prompt_source
+    origin = f"from {source.description} ({source.source_hash[:19]}…)" if source else "typed in the spec"
+    cut = f", each cut to its first {spec.prompt_tokens} tokens" if spec.prompt_tokens else ""
+    count = len(spec.prompts)
+    if split is not None and split.design == HELD_OUT:
+        stages = (
+            f"a seeded split: the search ran on {len(split.search)}, and the confirmation only on the other "
+            f"{len(split.confirmation)}, which the search never saw (confirm_prompts: held_out)"
+        )
+    elif count > 1:
+        stages = "the search and the confirmation ran on all of them (confirm_prompts: same)"
+    else:
+        stages = "the search and the confirmation ran on it"
+    intervals = (
+        "differences are over the samples within each prompt, prompts as fixed strata"
+        if count > 1
+        else "differences are Welch intervals over its samples"
+    )
+    return f"Prompts: {count} {origin}{cut}; {stages}; {intervals}."
 
 
 def _method_lines(result: ExperimentResult) -> list[str]:
@@ -61,7 +84,7 @@ def _search_lines(result: ExperimentResult) -> list[str]:
         return []
     base, mine = result.baseline.metrics[score], best.metrics[score]
     lines = [
-        f"Search ({spec.search}, {tested} setting(s) tested, {spec.samples} sample(s) × {len(spec.prompts)} "
+        f"Search ({spec.search}, {tested} setting(s) tested, {spec.samples} sample(s) × {_searched(result)} "
         f"prompt(s) each): best {best.setting.label} — {score} {_mean(mine)} vs baseline {_mean(base)}; "
         f"Δ {interval(best.differences.get(score))}, Holm-adjusted p = {number(best.p_holm, '.3g')}. This is "
         f"the search estimate: chosen as the best of {tested}, it is optimistic."
@@ -82,12 +105,12 @@ def _search_lines(result: ExperimentResult) -> list[str]:
 
 
 def _confirmation_lines(result: ExperimentResult) -> list[str]:
-    confirmed, score, spec = result.confirmation, result.objective.column, result.spec
+    confirmed, score = result.confirmation, result.objective.column
     if confirmed is None or result.best is None:
         return []
     best, control, base = confirmed.best, confirmed.control, confirmed.baseline
     return [
-        f"Confirmation on fresh seeds ({confirmed.samples} sample(s) × {len(spec.prompts)} prompt(s), no seed "
+        f"Confirmation on fresh seeds ({confirmed.samples} sample(s) × {len(confirmed.prompts)} prompt(s), no seed "
         f"shared with the search): {best.setting.label} {_mean(best.metrics[score])} vs baseline "
         f"{_mean(base.metrics[score])}, Δ {interval(best.differences.get(score))}; random-direction control "
         f"(same per-position norms, a fresh direction per row) {_mean(control.metrics[score])}, Δ "
@@ -95,6 +118,77 @@ def _confirmation_lines(result: ExperimentResult) -> list[str]:
         f"Search → confirmed Δ: {number(_estimate(result.best, score), '+.3f')} → "
         f"{number(_estimate(best, score), '+.3f')}."
     ]
+
+
+def _searched(result: ExperimentResult) -> int:
+    return len(result.split.search) if result.split else len(result.spec.prompts)
+
+
+def _per_prompt_lines(result: ExperimentResult) -> list[str]:
+    confirmed, score = result.confirmation, result.objective.column
+    if confirmed is None or confirmed.heterogeneity is None or len(confirmed.prompts) < 2:
+        return []
+    spread = confirmed.heterogeneity
+    return [
+        f"Per prompt ({spread.prompts} confirmation prompts, {confirmed.samples} sample(s) each): "
+        f"{_count(spread.moved_as_wanted)} moved {score} as wanted and {_count(spread.moved_against)} the other "
+        f"way by their own estimates; {spread.significant_as_wanted} as wanted and {spread.significant_against} the "
+        f"other way beyond their own 95% interval (chance alone: {spread.expected_by_chance:.1f} on each side)."
+    ]
+
+
+def _prompting_lines(result: ExperimentResult) -> list[str]:
+    confirmed, spec, score = result.confirmation, result.spec, result.objective.column
+    if confirmed is None or result.best is None:
+        return []
+    prompting = confirmed.prompting
+    if prompting is None:
+        if spec.method != "actadd" and spec.prompt_baseline is None:
+            return [
+                "No prompting baseline: method mean_difference has no single p+ to prompt with — set "
+                'prompt_baseline: to a template such as "Be kind. {prompt}" to compare steering with asking.'
+            ]
+        return ["No prompting baseline (prompt_baseline: false): nothing says whether asking in words does as well."]
+    across = confirmed.across_prompts.get("prompting")
+    across_text = f"; with prompts as the unit {interval(across)}" if confirmed.design == HELD_OUT else ""
+    return [
+        f"Prompting baseline ({spec.prompt_baseline!r}, same prompts and seeds, no steering): {score} "
+        f"{_mean(prompting.metrics.get(score))}, Δ {interval(prompting.differences.get(score))} against the "
+        f"baseline at {prompting.perplexity_ratio:.2f}× its perplexity; steering − prompting "
+        f"{interval(confirmed.versus_prompting)}{across_text}."
+    ]
+
+
+def _rate_lines(result: ExperimentResult) -> list[str]:
+    """The paper's success rates: the share of completions a metric calls positive, toxic or profane."""
+    confirmed = result.confirmation
+    if confirmed is None:
+        return []
+    lines = []
+    for metric in result.spec.metrics:
+        rate = REGISTRY[metric].rate
+        if rate is None or rate[0] not in confirmed.best.metrics:
+            continue
+        column, threshold = rate
+        arms = [("baseline", confirmed.baseline), (confirmed.best.setting.label, confirmed.best)]
+        arms += [("random control", confirmed.control)]
+        arms += [("prompting", confirmed.prompting)] if confirmed.prompting else []
+        shares = ", ".join(f"{name} {_percent(row.mean(column))}" for name, row in arms)
+        lines.append(
+            f"Share of completions with {metric} ≥ {threshold:g} ({column}), on fresh seeds: {shares}; "
+            f"best − baseline {interval(confirmed.best.differences.get(column))}."
+        )
+    return lines
+
+
+def _count(share: Proportion) -> str:
+    if share.estimate is None:
+        return "n/a"
+    return f"{share.successes} ({_percent(share.estimate)} [{_percent(share.ci_low)}, {_percent(share.ci_high)}])"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
 def _guard_lines(result: ExperimentResult) -> list[str]:
@@ -166,10 +260,13 @@ def summary_line(result: ExperimentResult) -> str:
     if result.confirmation is None:
         return f"exploratory — best {best.setting.label}: Δ {score} {interval(searched)} on search seeds, unconfirmed"
     confirmed = result.confirmation
+    scope = f" on {result.verdict.scope}" if result.verdict.scope and len(confirmed.prompts) > 1 else ""
+    prompting = f"; vs prompting {interval(confirmed.versus_prompting)}" if confirmed.versus_prompting else ""
     return (
-        f"{result.effect} — best {best.setting.label}: Δ {score} {interval(confirmed.best.differences.get(score))} "
-        f"on fresh seeds (search {number(_estimate(best, score), '+.3f')}); vs a random direction "
-        f"{interval(confirmed.versus_control)}"
+        f"{result.effect}{scope} — best {best.setting.label}: Δ {score} "
+        f"{interval(confirmed.best.differences.get(score))} on fresh seeds (search "
+        f"{number(_estimate(best, score), '+.3f')}); vs a random direction {interval(confirmed.versus_control)}"
+        f"{prompting}"
     )
 
 
@@ -186,6 +283,23 @@ def _estimate(setting: SettingResult, score: str) -> float | None:
     return None if difference is None else difference.estimate
 
 
+def wrong_way(result: ExperimentResult, limit: int = 5) -> list[dict[str, Any]]:
+    """The confirmation prompts that moved furthest against the objective, worst first (none if no
+    prompt moved that way)."""
+    confirmed = result.confirmation
+    if confirmed is None:
+        return []
+    sign = result.objective.sign
+    moved = [
+        e for e in confirmed.prompt_effects if e.difference.estimate is not None and sign * e.difference.estimate < 0
+    ]
+    moved.sort(key=lambda e: sign * (e.difference.estimate or 0.0))
+    return [
+        {"prompt": result.spec.prompts[e.prompt_index], "index": e.prompt_index, "difference": interval(e.difference)}
+        for e in moved[:limit]
+    ]
+
+
 def headline(result: ExperimentResult) -> dict[str, Any]:
     """The verdict's numbers, flat: a result note's properties, Bases columns, the comparison note.
 
@@ -195,9 +309,15 @@ def headline(result: ExperimentResult) -> dict[str, Any]:
     searched = best.differences.get(score) if best else None
     on_fresh = confirmed.best.differences.get(score) if confirmed else None
     versus = confirmed.versus_control if confirmed else None
+    prompting = confirmed.versus_prompting if confirmed else None
+    spread = confirmed.heterogeneity if confirmed else None
     return {
         "effect": result.effect,
+        "scope": result.verdict.scope,
         "method": result.spec.method,
+        "prompts": len(result.spec.prompts),
+        "confirm_prompts": result.split.design if result.split else None,
+        "confirmation_prompts": len(confirmed.prompts) if confirmed else None,
         "settings_tested": len(result.settings),
         "best_layer": best.setting.layer if best else None,
         "best_coeff": best.setting.coeff if best else None,
@@ -212,4 +332,9 @@ def headline(result: ExperimentResult) -> dict[str, Any]:
         "control_ci_low": versus.ci_low if versus else None,
         "control_ci_high": versus.ci_high if versus else None,
         "perplexity_ratio": (confirmed.best if confirmed else best).perplexity_ratio if best else None,
+        "versus_prompting": result.verdict.versus_prompting,
+        "prompting_difference": prompting.estimate if prompting else None,
+        "prompting_ci_low": prompting.ci_low if prompting else None,
+        "prompting_ci_high": prompting.ci_high if prompting else None,
+        "prompts_moved_against": spread.moved_against.estimate if spread else None,
     }

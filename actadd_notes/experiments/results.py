@@ -10,15 +10,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from actadd_notes.experiments.design import PromptSplit
 from actadd_notes.experiments.metrics import Objective
 from actadd_notes.experiments.spec import ExperimentSpec
-from actadd_notes.experiments.stats import Difference, Summary
+from actadd_notes.experiments.stats import Difference, Proportion, Summary
 
 if TYPE_CHECKING:
     from actadd_notes.steering.lm import Completion
     from actadd_notes.steering.vectors import SteeringVector
 
-SCHEMA = "actadd-notes/results/v2"
+SCHEMA = "actadd-notes/results/v3"
 SEARCH, CONFIRMATION = "search", "confirmation"
 
 # The verdict words, in the `effect` property of every result note
@@ -29,6 +30,15 @@ EXPLORATORY = "exploratory"  # confirmation turned off: the search estimate alon
 NO_SETTING = "none"  # no setting passed the fluency guard
 EFFECTS = (DETECTED, NOT_SPECIFIC, NOT_DETECTED, EXPLORATORY, NO_SETTING)
 
+# What a verdict speaks of, in the `scope` property
+THESE_PROMPTS = "these prompts"  # the confirmation's prompts as fixed strata: no claim about others
+HELD_OUT_PROMPTS = "held-out prompts"  # prompts the search never saw, as the unit: prompts drawn like these
+
+# How steering compared with the prompting baseline, in the `versus_prompting` property
+BEATS_PROMPTING = "steering better"
+LIKE_PROMPTING = "no detectable difference"
+PROMPTING_BETTER = "prompting better"
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -36,19 +46,27 @@ class Setting:
 
     A `control` setting adds, instead of the steering vector, a vector of the same
     per-position norms in a random direction, at the same layer and coefficient. `offset` moves
-    a front addition that many positions later (the label shows it when it is not 0)."""
+    a front addition that many positions later (the label shows it when it is not 0). The
+    `prompting` setting steers nothing and asks in words instead: the prompting baseline."""
 
     layer: int | None = None
     coeff: float | None = None
     control: bool = False
     offset: int = 0
+    prompting: bool = False
 
     @property
     def is_baseline(self) -> bool:
-        return self.layer is None
+        return self.layer is None and not self.prompting
+
+    @property
+    def steers(self) -> bool:
+        return self.layer is not None
 
     @property
     def label(self) -> str:
+        if self.prompting:
+            return "prompting"
         if self.is_baseline:
             return "baseline"
         offset = f" a{self.offset}" if self.offset else ""
@@ -76,6 +94,7 @@ class SettingResult:
             "coeff": self.setting.coeff,
             "control": self.setting.control,
             "offset": self.setting.offset,
+            "prompting": self.setting.prompting,
             "applied_coeff": self.applied_coeff,
             "metrics": {name: asdict(s) for name, s in self.metrics.items()},
             "differences": {name: asdict(d) for name, d in self.differences.items()},
@@ -97,26 +116,79 @@ class Sample:
     scores: dict[str, float]
 
 
+@dataclass(frozen=True)
+class PromptEffect:
+    """One confirmation prompt: the best setting's difference to the baseline over that prompt's
+    samples (Welch), and its differences to the control and to prompting."""
+
+    prompt_index: int
+    difference: Difference
+    versus_control: Difference | None = None
+    versus_prompting: Difference | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_index": self.prompt_index,
+            "difference": asdict(self.difference),
+            "versus_control": asdict(self.versus_control) if self.versus_control else None,
+            "versus_prompting": asdict(self.versus_prompting) if self.versus_prompting else None,
+        }
+
+
+@dataclass(frozen=True)
+class Heterogeneity:
+    """How the confirmation prompts moved: shares by the sign of each prompt's own estimate (noisy
+    with few samples a prompt), and how many moved beyond their own 95% interval."""
+
+    prompts: int
+    moved_as_wanted: Proportion
+    moved_against: Proportion
+    significant_as_wanted: int  # the prompt's own 95% interval lies wholly on the wanted side
+    significant_against: int  # … wholly on the other side
+    expected_by_chance: float  # prompts beyond their interval on one side if no prompt moved at all
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Confirmation:
-    """The search's best setting, a fresh baseline and the random-direction control, generated
-    again on seeds no search row used; the verdict rests on these numbers."""
+    """The search's best setting, a fresh baseline, the random-direction control and the prompting
+    baseline, generated again on seeds no search row used (and, held out, on prompts the search
+    never saw); the verdict rests on these numbers.
+
+    Differences in the `SettingResult`s and `versus_*` treat the confirmation prompts as fixed
+    strata ("these prompts"); `across_prompts` holds the same comparisons with prompts as the unit."""
 
     baseline: SettingResult
     best: SettingResult
     control: SettingResult
-    versus_control: Difference  # best − control on the objective
+    versus_control: Difference  # best − control on the objective, these prompts
     samples: int  # per prompt
     control_seed: int  # the first control row's direction seed (every row has its own: additions.control_seed)
+    prompts: tuple[int, ...] = ()  # indexes into the spec's prompts
+    design: str = "same"  # held_out or same (design.py)
+    prompting: SettingResult | None = None
+    versus_prompting: Difference | None = None  # best − prompting on the objective, these prompts
+    across_prompts: dict[str, Difference] = field(default_factory=dict)  # baseline, control, prompting
+    prompt_effects: list[PromptEffect] = field(default_factory=list)
+    heterogeneity: Heterogeneity | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "samples": self.samples,
             "control_seed": self.control_seed,
+            "design": self.design,
+            "prompts": list(self.prompts),
             "baseline": self.baseline.to_dict(),
             "best": self.best.to_dict(),
             "control": self.control.to_dict(),
             "versus_control": asdict(self.versus_control),
+            "prompting": self.prompting.to_dict() if self.prompting else None,
+            "versus_prompting": asdict(self.versus_prompting) if self.versus_prompting else None,
+            "across_prompts": {name: asdict(d) for name, d in self.across_prompts.items()},
+            "heterogeneity": self.heterogeneity.to_dict() if self.heterogeneity else None,
+            "prompt_effects": [effect.to_dict() for effect in self.prompt_effects],
         }
 
 
@@ -128,11 +200,15 @@ class Verdict:
     sentence: str
     difference: Difference | None = None  # what the verdict rests on (confirmed, or search when exploratory)
     versus_control: Difference | None = None
+    scope: str | None = None  # THESE_PROMPTS or HELD_OUT_PROMPTS; None without a confirmation
+    versus_prompting: str | None = None  # BEATS_PROMPTING, LIKE_PROMPTING, PROMPTING_BETTER; None: not run
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "effect": self.effect,
             "sentence": self.sentence,
+            "scope": self.scope,
+            "versus_prompting": self.versus_prompting,
             "difference": asdict(self.difference) if self.difference else None,
             "versus_control": asdict(self.versus_control) if self.versus_control else None,
         }
@@ -156,6 +232,7 @@ class ExperimentResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     trials_to_best: int | None = None
     study: bytes | None = None  # the bayes search's Optuna study, an SQLite file
+    split: PromptSplit | None = None  # which prompts the search and the confirmation ran on
 
     @property
     def effect(self) -> str:
@@ -175,6 +252,8 @@ class ExperimentResult:
         }
         if confirmed is not None:
             examples["control"] = self.examples(CONFIRMATION, confirmed.control.setting)
+            if confirmed.prompting is not None:
+                examples["prompting"] = self.examples(CONFIRMATION, confirmed.prompting.setting)
         return {
             "schema": SCHEMA,
             "spec": self.spec.to_dict(),
@@ -189,6 +268,7 @@ class ExperimentResult:
             "best": self.best.to_dict() if self.best else None,
             "confirmation": confirmed.to_dict() if confirmed else None,
             "verdict": self.verdict.to_dict(),
+            "prompts": self.prompts_record(),
             "trials": self.trials,
             "trials_to_best": self.trials_to_best,
             "findings": self.findings,
@@ -197,6 +277,12 @@ class ExperimentResult:
             "reproducibility": self.reproducibility,
             "warnings": self.warnings,
         }  # fmt: skip
+
+    def prompts_record(self) -> dict[str, Any]:
+        """Where the prompts came from and which stage ran on which (indexes into `spec.prompts`)."""
+        split = self.split.to_dict() if self.split else {"design": "same"}
+        source = self.spec.prompt_source
+        return {"count": len(self.spec.prompts), **split, "source": source.to_record() if source else None}
 
 
 def pick_best(settings: Sequence[SettingResult], objective: Objective) -> SettingResult | None:

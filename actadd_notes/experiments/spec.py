@@ -11,8 +11,8 @@ prompt_add: Love         # p+ (required, not empty)
 prompt_sub: Hate         # p- (required; "" subtracts the padding alone)
 layer: [2, 4, 6, 8, 10]  # grid: an int or a list (inputs of these layers)
 coeff: [1, 2, 4, 8]      # grid: a number or a list; negative flips the direction
-prompts:                 # a string or a list; a "## Prompts" list in the body is appended
-  - I hate you because
+prompts:                 # a string or a list; a "## Prompts" list in the body is appended; or a data set:
+  - I hate you because   #   "[[Data/reviews.csv]]" or {source: …, split: …, column: …, where: …, n: …, seed: …}
 samples: 20              # completions per prompt and setting
 metrics: [sentiment, fluency]
 literature: ["[[@turnerActivationAdditionSteering2024]]"]
@@ -38,7 +38,22 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actadd_notes.errors import ActaddError, SpecError, note_context
+from actadd_notes.experiments.design import (
+    DESIGNS,
+    HELD_OUT,
+    PROMPT_PLACEHOLDER,
+    default_design,
+    default_prompt_baseline,
+    split_prompts,
+)
 from actadd_notes.experiments.metrics import METRICS, REGISTRY, check_needs
+from actadd_notes.experiments.prompt_sets import (
+    FileResolver,
+    PromptSet,
+    is_prompt_source,
+    load_prompt_set,
+    parse_prompt_source,
+)
 
 if TYPE_CHECKING:
     from actadd_notes.steering.decode import DecodeMode
@@ -54,6 +69,7 @@ SPEC_KEYS: frozenset[str] = frozenset(
         "classifier", "chat", "pad_token", "position", "batch_size", "max_generations",
         "extra_additions", "literature", "confirm", "confirm_samples", "dtype",
         "method", "pairs", "pair_position", "offset", "align", "coeff_unit", "decode",
+        "confirm_prompts", "prompt_baseline", "prompt_tokens",
     }
 )  # fmt: skip
 # Obsidian's own properties (and the scaffold's `created`): kept in `unknown`, not worth a warning.
@@ -64,7 +80,7 @@ _UNHASHED = ("literature", "max_generations", "batch_size")
 # Whole-number keys and their minimum; the property name is the field name.
 _WHOLE = {
     "samples": 1, "max_new_tokens": 1, "seed": 0, "top_k": 0, "batch_size": 1, "max_generations": 1,
-    "confirm_samples": 1,
+    "confirm_samples": 1, "prompt_tokens": 1,
 }  # fmt: skip
 # Number keys, the test they must pass, and how to say what is valid.
 _NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -83,9 +99,11 @@ _CHOICES = {
     "pair_position": ("last", "mean"),
     "coeff_unit": ("absolute", "residual_norm"),
     "decode": ("auto", "compiled", "static", "eager"),
+    "confirm_prompts": DESIGNS,
 }
 _CLASSIFIED = tuple(name for name, info in REGISTRY.items() if info.classified)
 _ADDITION_KEYS = ("add", "sub", "layer", "coeff")
+_MAX_TEMPLATE = 4_000  # characters of a prompting baseline's template
 _PROMPTS_HEADING = re.compile(r"^##\s+prompts\s*$", re.IGNORECASE)
 _HEADING = re.compile(r"^#{1,6}\s")
 _LIST_ITEM = re.compile(r"^\s*[-*+]\s+(.*?)\s*$")
@@ -111,6 +129,10 @@ class ExperimentSpec:
     """
 
     prompts: tuple[str, ...]
+    prompt_source: PromptSet | None = field(default=None, compare=False, hash=False)  # the data set they came from
+    prompt_tokens: int | None = None  # each prompt cut to its first N tokens (applied once the model is loaded)
+    confirm_prompts: str = "same"  # held_out: the confirmation runs on prompts the search never saw (design.py)
+    prompt_baseline: str | None = None  # the prompting baseline's template ({prompt}); None: none
     prompt_add: str = ""  # actadd: p+ and p−
     prompt_sub: str = ""
     method: str = "actadd"  # or mean_difference: the mean of `pairs`' differences
@@ -159,7 +181,7 @@ class ExperimentSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as properties that `parse_spec` reads back to an equal spec (without `unknown`)."""
         data = asdict(self)
-        for key in ("unknown", "pairs_source"):
+        for key in ("unknown", "pairs_source", "prompt_source"):
             del data[key]
         grid = self.search == "grid"
         for key, plural in (("layer", "layers"), ("coeff", "coeffs"), ("offset", "offsets")):
@@ -188,6 +210,12 @@ class ExperimentSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
+    def prompt_split_sizes(self) -> tuple[int, int]:
+        """How many prompts the search and the confirmation run on."""
+        split = split_prompts(len(self.prompts), self.seed, self.confirm_prompts)
+        return len(split.search), len(split.confirmation)
+
+    @property
     def confirmation_samples(self) -> int:
         """Completions per prompt in the confirmation stage (0 when it is off)."""
         if not self.confirm:
@@ -197,8 +225,8 @@ class ExperimentSpec:
 
 @dataclass(frozen=True)
 class WorkEstimate:
-    """The size of a run; each baseline counts as one setting, and the confirmation as three
-    (the best setting, its baseline and the random-direction control)."""
+    """The size of a run; each baseline counts as one setting, and the confirmation as three or four
+    (the best setting, its baseline, the random-direction control and the prompting baseline)."""
 
     settings: int
     generations: int
@@ -214,14 +242,17 @@ def parse_spec(
     *,
     note: str | None = None,
     resolve_pairs: PairsResolver | None = None,
+    resolve_file: FileResolver | None = None,
 ) -> tuple[ExperimentSpec, list[str]]:
     """Check a note's properties (and `## Prompts` body list); return the spec and warnings.
 
-    `resolve_pairs(link)` turns `pairs: "[[a note]]"` into (the note's name, its pairs); the vault
-    layer provides it. Raises SpecError naming the key, the bad value and what would be valid.
+    `resolve_pairs(link)` turns `pairs: "[[a note]]"` into (the note's name, its pairs), and
+    `resolve_file(link)` turns `prompts: "[[Data/x.csv]]"` into the file's path in the vault; the vault
+    layer provides both. Prompts from a data set are read here, before any model loads. Raises
+    SpecError naming the key, the bad value and what would be valid.
     """
     with _noted(note):
-        return _parse(properties, body, resolve_pairs)
+        return _parse(properties, body, resolve_pairs, resolve_file)
 
 
 def check_layers(spec: ExperimentSpec, num_layers: int, model_name: str, *, note: str | None = None) -> None:
@@ -259,9 +290,11 @@ def check_lengths(
 def estimate_work(spec: ExperimentSpec) -> WorkEstimate:
     """Count settings, generations and at most how many tokens a run generates."""
     steered = len(spec.layers) * len(spec.coeffs) if spec.search == "grid" else spec.trials or 0
-    search = (steered + 1) * len(spec.prompts) * spec.samples
-    confirmation = 3 * len(spec.prompts) * spec.confirmation_samples
-    settings = steered + 1 + (3 if spec.confirm else 0)
+    searched, confirmed = spec.prompt_split_sizes
+    arms = 3 + (spec.prompt_baseline is not None) if spec.confirm else 0
+    search = (steered + 1) * searched * spec.samples
+    confirmation = arms * confirmed * spec.confirmation_samples
+    settings = steered + 1 + arms
     generations = search + confirmation
     return WorkEstimate(settings, generations, generations * spec.max_new_tokens)
 
@@ -282,7 +315,7 @@ def check_work(spec: ExperimentSpec, estimate: WorkEstimate, *, note: str | None
 
 
 def _parse(
-    properties: Mapping[str, Any], body: str, resolve_pairs: PairsResolver | None
+    properties: Mapping[str, Any], body: str, resolve_pairs: PairsResolver | None, resolve_file: FileResolver | None
 ) -> tuple[ExperimentSpec, list[str]]:
     # An empty property (Obsidian's blank field) counts as absent.
     props = {str(key): value for key, value in properties.items() if value is not None}
@@ -296,8 +329,9 @@ def _parse(
 
     spec: dict[str, Any] = {"unknown": unknown}
     _parse_vector(props, spec, warnings, resolve_pairs)
-    spec["prompts"] = _all_prompts(props.get("prompts"), body)
+    _parse_prompts(props, body, spec, resolve_file)
     _parse_scalars(props, spec)
+    _parse_design(props, spec, warnings)
     _parse_placement(props, spec)
     _parse_search(props, spec, warnings)
     _parse_metrics(props, spec, warnings)
@@ -524,6 +558,59 @@ def _addition(item: Any, number: int) -> ExtraAddition:
         )
     except SpecError as error:
         raise SpecError(f"{where}: {error}", key="extra_additions") from None
+
+
+def _parse_prompts(props: dict[str, Any], body: str, spec: dict[str, Any], resolve_file: FileResolver | None) -> None:
+    """Prompts typed in the note, or read from a data set (a linked file, a datasets folder or id)."""
+    value = props.get("prompts")
+    if not is_prompt_source(value):
+        spec["prompts"] = _all_prompts(value, body)
+        return
+    if any(True for _ in _body_prompts(body)):
+        raise SpecError(
+            'prompts come from a data set and from the "## Prompts" section — use one of them', key="prompts"
+        )
+    loaded = load_prompt_set(parse_prompt_source(value), resolve_file)
+    spec["prompts"], spec["prompt_source"] = loaded.texts, loaded
+
+
+def _parse_design(props: dict[str, Any], spec: dict[str, Any], warnings: list[str]) -> None:
+    """Which prompts the confirmation runs on, and the prompting baseline it compares steering with."""
+    count = len(spec["prompts"])
+    design = spec.setdefault("confirm_prompts", default_design(count))
+    if design == HELD_OUT and count < 2:
+        raise SpecError("held_out needs at least 2 prompts — one to search, one to hold out", key="confirm_prompts")
+    if not spec.get("confirm", True):
+        spec["confirm_prompts"] = "same"  # nothing is confirmed: keep both out of spec_hash
+        if "prompt_baseline" in props:
+            warnings.append(
+                "prompt_baseline: the prompting baseline runs in the confirmation (confirm: false) — ignored"
+            )
+        return
+    value = props.get("prompt_baseline", True)
+    if value is False:
+        return
+    if value is True:
+        if spec["method"] != "actadd":
+            if "prompt_baseline" in props:
+                raise SpecError(
+                    "true — method: mean_difference has no single p+ to prompt with: give a template such as "
+                    '"Be kind. {prompt}"',
+                    key="prompt_baseline",
+                )
+            return  # said in the result note
+        spec["prompt_baseline"] = default_prompt_baseline(spec["prompt_add"])
+        return
+    template = _text(value, "prompt_baseline", hint=" — a template with {prompt}, or false")
+    if PROMPT_PLACEHOLDER not in template or template.strip() == PROMPT_PLACEHOLDER:
+        raise SpecError(
+            f"{_show(template)} — a template that adds words around {PROMPT_PLACEHOLDER}, e.g. "
+            f'"Love. {PROMPT_PLACEHOLDER}"',
+            key="prompt_baseline",
+        )
+    if len(template) > _MAX_TEMPLATE:
+        raise SpecError(f"{len(template):,} characters — at most {_MAX_TEMPLATE:,}", key="prompt_baseline")
+    spec["prompt_baseline"] = template
 
 
 def _all_prompts(value: Any, body: str) -> tuple[str, ...]:

@@ -1,11 +1,16 @@
 """Confidence intervals, differences and multiple-comparison adjustment, as plain dataclasses
 (`asdict` is strict JSON).
 
-Differences to a baseline are Welch t intervals over completions when the spec has one prompt.
-With several prompts, completions of one prompt are correlated (they share the prompt), so the
-interval treats prompts as the unit: a paired t test on the per-prompt mean differences, with
-P − 1 degrees of freedom. With few prompts that interval is wide — that is the honest price of
-claiming an effect that generalises beyond the prompts tried; add prompts, not samples, to narrow it.
+Two questions, two intervals for a difference to a baseline:
+- "on these prompts" (`stratified_difference`): the prompts are fixed strata, the samples within
+  each prompt are the unit. The estimate is the mean over prompts of each prompt's difference, its
+  variance the within-prompt variances combined (Welch–Satterthwaite degrees of freedom). With one
+  prompt it is Welch's interval; more prompts or more samples narrow it, so more data never
+  weakens the claim, and the claim says nothing about other prompts.
+- "beyond these prompts" (`prompt_difference`): prompts are the unit, a paired t over the
+  per-prompt mean differences with P − 1 degrees of freedom. It covers the prompt-to-prompt spread
+  of the effect, so it speaks of prompts drawn like these, and needs enough of them (and prompts
+  the search did not choose on) to mean anything.
 
 Two policies, so that results files never hold NaN:
 - non-finite values (a failed score, an infinite perplexity) are dropped and counted in `dropped`;
@@ -20,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import stdtr, stdtrit  # Student t CDF and its inverse: what scipy.stats.t wraps, minus its overhead
+from scipy.special import ndtri, stdtr, stdtrit  # normal and Student t quantiles: scipy.stats minus its overhead
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,18 @@ class Difference:
     p_value: float | None  # two-sided
     method: str
     dropped: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A share with its Wilson score interval (good at small n and near 0 or 1)."""
+
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    successes: int
+    n: int
     confidence: float
 
 
@@ -101,10 +118,8 @@ def prompt_difference(
         raise ValueError("each value needs its prompt index")
     if len(set(prompts) | set(baseline_prompts)) < 2:
         return difference(values, baseline, confidence=confidence)
-    x, dropped_x = _by_prompt(values, prompts)
-    y, dropped_y = _by_prompt(baseline, baseline_prompts)
-    shared = sorted(set(x) & set(y))
-    dropped = dropped_x + dropped_y + sum(len(x[p]) for p in set(x) - set(y)) + sum(len(y[p]) for p in set(y) - set(x))
+    x, y, dropped = _paired_prompts(values, baseline, prompts, baseline_prompts)
+    shared = sorted(x)
     n, n_baseline = sum(len(x[p]) for p in shared), sum(len(y[p]) for p in shared)
     per_prompt = np.array([np.mean(x[p]) - np.mean(y[p]) for p in shared])
     if len(per_prompt) == 0:
@@ -123,6 +138,66 @@ def prompt_difference(
     )
 
 
+def stratified_difference(
+    values: Sequence[float],
+    baseline: Sequence[float],
+    prompts: Sequence[int],
+    baseline_prompts: Sequence[int],
+    *,
+    confidence: float = 0.95,
+) -> Difference:
+    """The difference on these prompts: the mean over prompts of mean(values of p) − mean(baseline of p).
+
+    Each side's variance is pooled within prompts (deviations from each prompt's own mean), so a
+    prompt with one sample still counts and the prompt-to-prompt spread of the scores, which is
+    fixed here, adds no noise; the degrees of freedom are Welch–Satterthwaite's. One distinct
+    prompt gives Welch's interval exactly. A prompt without a finite value on either side is left
+    out (its values count as dropped)."""
+    _check_confidence(confidence)
+    if len(values) != len(prompts) or len(baseline) != len(baseline_prompts):
+        raise ValueError("each value needs its prompt index")
+    if len(set(prompts) | set(baseline_prompts)) < 2:
+        return difference(values, baseline, confidence=confidence)
+    x, y, dropped = _paired_prompts(values, baseline, prompts, baseline_prompts)
+    shared = sorted(x)
+    n, n_baseline = sum(len(x[p]) for p in shared), sum(len(y[p]) for p in shared)
+    if not shared:
+        return Difference(None, None, None, 0, 0, None, None, "stratified", dropped, confidence)
+    strata = len(shared)
+    estimate = float(np.mean([np.mean(x[p]) - np.mean(y[p]) for p in shared]))
+    parts = []  # each side's Var(mean over prompts) = σ² Σ_p 1/n_p / P², with σ² pooled within prompts
+    for groups in ([x[p] for p in shared], [y[p] for p in shared]):
+        pooled = _stratum_variance(groups)
+        if pooled is None:  # one sample per prompt: no within-prompt spread to see
+            return Difference(estimate, None, None, n, n_baseline, None, None, "stratified", dropped, confidence)
+        variance, variance_df = pooled
+        parts.append((variance * sum(1 / len(g) for g in groups) / strata**2, variance_df))
+    total = sum(part for part, _ in parts)
+    if total == 0:
+        return Difference(estimate, estimate, estimate, n, n_baseline, None, None, "stratified", dropped, confidence)
+    df = total**2 / sum(part**2 / part_df for part, part_df in parts)
+    se = math.sqrt(total)
+    half = _critical(confidence, df) * se
+    p_value = _two_sided_p(estimate / se, df)
+    return Difference(
+        estimate, estimate - half, estimate + half, n, n_baseline, df, p_value, "stratified", dropped, confidence
+    )
+
+
+def proportion(successes: int, n: int, *, confidence: float = 0.95) -> Proportion:
+    """successes / n with Wilson's score interval; None where n is 0."""
+    _check_confidence(confidence)
+    if not 0 <= successes <= n:
+        raise ValueError(f"{successes} successes out of {n}")
+    if n == 0:
+        return Proportion(None, None, None, 0, 0, confidence)
+    z = float(ndtri((1 + confidence) / 2))
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Proportion(share, max(0.0, centre - half), min(1.0, centre + half), successes, n, confidence)
+
+
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjustment over every p-value given (None: no test, left None).
 
@@ -137,6 +212,19 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
+def _paired_prompts(
+    values: Sequence[float], baseline: Sequence[float], prompts: Sequence[int], baseline_prompts: Sequence[int]
+) -> tuple[dict[int, list[float]], dict[int, list[float]], int]:
+    """Each side's finite values by prompt, kept only for prompts both sides have, and how many
+    values that dropped (non-finite ones, and those of a prompt only one side has)."""
+    x, dropped_x = _by_prompt(values, prompts)
+    y, dropped_y = _by_prompt(baseline, baseline_prompts)
+    shared = set(x) & set(y)
+    dropped = dropped_x + dropped_y + sum(len(v) for p, v in x.items() if p not in shared)
+    dropped += sum(len(v) for p, v in y.items() if p not in shared)
+    return {p: x[p] for p in shared}, {p: y[p] for p in shared}, dropped
+
+
 def _by_prompt(values: Sequence[float], prompts: Sequence[int]) -> tuple[dict[int, list[float]], int]:
     groups: dict[int, list[float]] = {}
     dropped = 0
@@ -146,6 +234,15 @@ def _by_prompt(values: Sequence[float], prompts: Sequence[int]) -> tuple[dict[in
         else:
             dropped += 1
     return groups, dropped
+
+
+def _stratum_variance(groups: Sequence[list[float]]) -> tuple[float, float] | None:
+    """The variance pooled within groups and its degrees of freedom; None with no group of two."""
+    df = sum(len(g) - 1 for g in groups)
+    if df <= 0:
+        return None
+    squares = sum(float(((np.asarray(g) - np.mean(g)) ** 2).sum()) for g in groups)
+    return squares / df, float(df)
 
 
 def _difference(

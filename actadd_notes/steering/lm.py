@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -679,18 +678,17 @@ class SteerableLM:
     def _perplexity_batch(self, chunk: Sequence[Completion]) -> list[float]:
         ids, mask, _ = self._left_pad([c.prompt_ids + c.token_ids for c in chunk])
         keep = max(len(c.token_ids) for c in chunk) + 1
+        lengths = torch.tensor([len(c.token_ids) for c in chunk], device=ids.device)
         with torch.inference_mode():
-            logprobs = torch.log_softmax(self._forward_logits(ids, mask, keep=keep).float(), dim=-1)
-        values = []
-        for row, completion in enumerate(chunk):
-            n = len(completion.token_ids)
-            if n == 0:
-                values.append(math.nan)
-                continue
-            targets = ids[row, ids.shape[1] - n :]
-            predicted = logprobs[row, keep - n - 1 : keep - 1]
-            values.append(float(torch.exp(-predicted.gather(-1, targets[:, None]).mean())))
-        return values
+            # position j of the kept logits predicts token j + 1: the last keep − 1 tokens are the targets
+            predicted = self._forward_logits(ids, mask, keep=keep)[:, :-1].float()
+            targets = ids[:, ids.shape[1] - (keep - 1) :]
+            logprobs = predicted.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(predicted, dim=-1)
+            # a row's own tokens are its last `length` targets (rows are left-padded)
+            own = torch.arange(keep - 1, device=ids.device)[None, :] >= (keep - 1 - lengths)[:, None]
+            mean = torch.where(own, logprobs, 0.0).sum(-1) / lengths.clamp(min=1)
+            perplexity = torch.where(lengths > 0, torch.exp(-mean), torch.nan)
+        return [float(value) for value in perplexity.tolist()]  # one transfer for the batch, not one a row
 
 
 def _device_name(device: torch.device) -> str:

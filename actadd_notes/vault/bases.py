@@ -55,6 +55,12 @@ properties:
     displayName: Coeff
   note.effect:
     displayName: Verdict
+  note.scope:
+    displayName: Scope
+  note.prompts:
+    displayName: Prompts
+  note.versus_prompting:
+    displayName: vs prompting
   note.confirmed_difference:
     displayName: Δ confirmed
   note.confirmed_ci_low:
@@ -83,11 +89,14 @@ views:
       - note.best_layer
       - note.best_coeff
       - note.effect
+      - note.scope
+      - note.prompts
       - note.confirmed_difference
       - note.confirmed_ci_low
       - note.confirmed_ci_high
       - formula.shrinkage
       - note.perplexity_ratio
+      - note.versus_prompting
       - note.date
     sort:
       - property: note.date

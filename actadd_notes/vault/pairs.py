@@ -14,32 +14,29 @@ two texts is an error naming its line.
 
 from __future__ import annotations
 
-import glob
 import re
 from pathlib import Path
 
 from actadd_notes.errors import VaultError
 from actadd_notes.vault.config import VaultConfig
+from actadd_notes.vault.data_files import is_wikilink, resolve_link
 from actadd_notes.vault.notes import Note
-from actadd_notes.vault.paths import resolve_in_vault
-from actadd_notes.vault.scan import NoteFilter
 
 __all__ = ["is_note_link", "read_pairs"]
 
-_LINK = re.compile(r"^\[\[([^\[\]|#^]+)(?:#[^\[\]|]*)?(?:\|[^\[\]]*)?\]\]$")
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
 _ITEM = re.compile(r"^\s*[-*+]\s+(?:\[.\]\s+)?(.*)$")
 _QUOTES = ("\"'`", "\"'`")
 
 
 def is_note_link(value: object) -> bool:
-    return isinstance(value, str) and _LINK.match(value.strip()) is not None
+    return is_wikilink(value)
 
 
 def read_pairs(config: VaultConfig, link: str) -> tuple[Path, list[tuple[str, str]]]:
     """The note `link` names and its (add, sub) pairs; VaultError when the note is missing,
     ambiguous or holds no pair."""
-    path = _resolve(config, link)
+    path = resolve_link(config, link, note=True)
     pairs = parse_pairs(Note.read(path).body, path.relative_to(config.root).as_posix())
     if not pairs:
         raise VaultError(
@@ -77,25 +74,3 @@ def _unquoted(cell: str) -> str:
     if len(cell) >= 2 and cell[0] == cell[-1] and cell[0] in _QUOTES[0]:
         return cell[1:-1]
     return cell
-
-
-def _resolve(config: VaultConfig, link: str) -> Path:
-    """Obsidian's resolution of `[[target]]`: a vault path when the target has a folder, else the
-    one note of that name anywhere in the vault (hidden files and sync copies never count)."""
-    found = _LINK.match(link.strip())
-    if found is None:
-        raise VaultError(f"{link!r} is not a wikilink like [[Pairs/sentiment]]", path=link)
-    target = found.group(1).strip().removesuffix(".md")
-    if "/" in target:
-        path = resolve_in_vault(config.root, target + ".md", config_folder=config.config_folder)
-        if not path.is_file():
-            raise VaultError(f"{link}: no note {target}.md in the vault", path=target)
-        return path
-    keep = NoteFilter(root=config.root)
-    matches = [p for p in sorted(config.root.rglob(glob.escape(target) + ".md")) if keep(None, p) and p.is_file()]
-    if not matches:
-        raise VaultError(f"{link}: no note named {target}.md in the vault", path=target)
-    if len(matches) > 1:
-        names = ", ".join(p.relative_to(config.root).as_posix() for p in matches)
-        raise VaultError(f"{link}: several notes are named {target}.md ({names}) — link with its folder", path=target)
-    return resolve_in_vault(config.root, matches[0].relative_to(config.root), config_folder=config.config_folder)
