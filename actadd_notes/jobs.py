@@ -194,6 +194,8 @@ class JobRunner:
                 check_note_name(self.config.root, path)  # its result note and journal line must link to it
         except ActaddError as error:
             return self.fail(path, error)
+        except Exception as error:  # a bug in reading a spec must fail this note, not stop the watcher
+            return self.fail(path, _internal(name, error))
         resumed = note.properties.get("status") == RUNNING and note.properties.get("run_id")
         run_id = str(note.properties["run_id"]) if resumed else new_run_id(self.clock())
         earlier = note.properties.get("started")
@@ -215,10 +217,7 @@ class JobRunner:
         except ActaddError as error:
             return self.fail(path, error)
         except Exception as error:  # a bug or a library failure: the note must not stay `running`
-            _log.error("%s: unexpected error", name, exc_info=error)
-            internal = ActaddError(f"internal error ({type(error).__name__}: {error}) — please report it")
-            internal.note = name
-            return self.fail(path, internal)
+            return self.fail(path, _internal(name, error))
         best = result.best
         self.mark(
             path,
@@ -296,3 +295,11 @@ class JobRunner:
         outcome = ensure_literature_notes(self.config, self.renderer, [citekey], sources)[citekey]
         if isinstance(outcome, Exception):
             raise outcome
+
+
+def _internal(name: str, error: Exception) -> ActaddError:
+    """An unexpected error as the note's error: logged with its traceback, shown with its type."""
+    _log.error("%s: unexpected error", name, exc_info=error)
+    internal = ActaddError(f"internal error ({type(error).__name__}: {str(error)[:500]}) — please report it")
+    internal.note = name
+    return internal

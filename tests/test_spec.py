@@ -486,9 +486,8 @@ def test_estimate_work_counts_the_baseline_and_the_confirmation():
 def test_check_work_refuses_runs_over_max_generations():
     fits, _ = parse(max_generations=1000)
     check_work(fits, estimate_work(fits))
-    spec, _ = parse(max_generations=800)
-    with pytest.raises(SpecError) as caught:
-        check_work(spec, estimate_work(spec), note="Experiments/love.md")
+    with pytest.raises(SpecError) as caught:  # refused while parsing, before any model is loaded
+        parse_spec({**parse()[0].to_dict(), "max_generations": 800}, note="Experiments/love.md")
     assert caught.value.key == "max_generations"
     assert str(caught.value) == (
         "Experiments/love.md: max_generations: 1,000 generations (25 settings with the baseline and the "

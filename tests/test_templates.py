@@ -132,7 +132,8 @@ def test_sweep_comparison_table():
     note = Note.parse(text, Path("c.md"))
     assert note.properties["type"] == "actadd-comparison"
     assert note.body.lstrip().startswith("![[Results/Steering runs.base]]")
-    assert text.endswith("|\n")
+    assert "|\n\n## Notes\n%% begin notes %%\n\n%% end notes %%\n" in text  # the user's region, empty
+    assert text.endswith("%% end notes %%\n")
     assert "![[" not in TemplateRenderer().render("sweep-comparison.md.j2", runs=runs)  # no view, no embed
 
 

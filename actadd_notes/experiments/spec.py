@@ -104,6 +104,8 @@ _CHOICES = {
 _CLASSIFIED = tuple(name for name, info in REGISTRY.items() if info.classified)
 _ADDITION_KEYS = ("add", "sub", "layer", "coeff")
 _MAX_TEMPLATE = 4_000  # characters of a prompting baseline's template
+_MAX_WHOLE = 2**63 - 1  # what a seed or a count may be: a 64-bit integer
+_MAX_SHOWN = 80  # characters of a bad value quoted in an error
 _PROMPTS_HEADING = re.compile(r"^##\s+prompts\s*$", re.IGNORECASE)
 _HEADING = re.compile(r"^#{1,6}\s")
 _LIST_ITEM = re.compile(r"^\s*[-*+]\s+(.*?)\s*$")
@@ -342,7 +344,9 @@ def _parse(
         _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
         for number, item in enumerate(_listed(props.get("literature", [])), 1)
     )
-    return ExperimentSpec(**spec), warnings
+    parsed = ExperimentSpec(**spec)
+    check_work(parsed, estimate_work(parsed))  # a run too large is refused before any model loads
+    return parsed, warnings
 
 
 def _parse_vector(
@@ -715,6 +719,8 @@ def _whole(value: Any, key: str, minimum: int) -> int:
     integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not integral or value < minimum:
         raise SpecError(f"{_show(value)} is not a whole number ≥ {minimum}{_unquote_hint(value)}", key=key)
+    if value > _MAX_WHOLE:
+        raise SpecError(f"{_show(value)} is too large — at most {_MAX_WHOLE:,}", key=key)
     return int(value)
 
 
@@ -725,9 +731,13 @@ def _layer(value: Any, key: str) -> int:
 def _finite(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{_show(value)} is not a number{_unquote_hint(value)}", key=key)
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range: YAML reads any number of digits
+        raise SpecError(f"{_show(value)} is too large for a number", key=key) from None
+    if not math.isfinite(number):
         raise SpecError(f"{_show(value)} must be a finite number", key=key)
-    return float(value)
+    return number
 
 
 def _unquote_hint(value: Any) -> str:
@@ -741,10 +751,13 @@ def _unquote_hint(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML, near enough."""
+    """A value as the user wrote it in YAML, near enough; a long one cut, so no message is a page long."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > _MAX_SHOWN * 3:  # repr of a huge int is itself slow
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    shown = repr(value)
+    return shown if len(shown) <= _MAX_SHOWN else f"{shown[: _MAX_SHOWN - 20]}… ({len(shown):,} characters)"
 
 
 def _alternatives(options: tuple[str, ...] | list[str]) -> str:

@@ -113,9 +113,7 @@ def prompt_difference(
     mean(values of prompt p) − mean(baseline of prompt p); one distinct prompt falls back to Welch.
 
     A prompt left without a finite value on either side is left out (its values count as dropped)."""
-    _check_confidence(confidence)
-    if len(values) != len(prompts) or len(baseline) != len(baseline_prompts):
-        raise ValueError("each value needs its prompt index")
+    _check_inputs(values, baseline, prompts, baseline_prompts, confidence)
     if len(set(prompts) | set(baseline_prompts)) < 2:
         return difference(values, baseline, confidence=confidence)
     x, y, dropped = _paired_prompts(values, baseline, prompts, baseline_prompts)
@@ -153,9 +151,7 @@ def stratified_difference(
     fixed here, adds no noise; the degrees of freedom are Welch–Satterthwaite's. One distinct
     prompt gives Welch's interval exactly. A prompt without a finite value on either side is left
     out (its values count as dropped)."""
-    _check_confidence(confidence)
-    if len(values) != len(prompts) or len(baseline) != len(baseline_prompts):
-        raise ValueError("each value needs its prompt index")
+    _check_inputs(values, baseline, prompts, baseline_prompts, confidence)
     if len(set(prompts) | set(baseline_prompts)) < 2:
         return difference(values, baseline, confidence=confidence)
     x, y, dropped = _paired_prompts(values, baseline, prompts, baseline_prompts)
@@ -210,6 +206,18 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(tested) - rank) * p))
         adjusted[index] = running
     return adjusted
+
+
+def _check_inputs(
+    values: Sequence[float],
+    baseline: Sequence[float],
+    prompts: Sequence[int],
+    baseline_prompts: Sequence[int],
+    confidence: float,
+) -> None:
+    _check_confidence(confidence)
+    if len(values) != len(prompts) or len(baseline) != len(baseline_prompts):
+        raise ValueError("each value needs its prompt index")
 
 
 def _paired_prompts(

@@ -223,13 +223,23 @@ class _LockFile:
                     holder = _read(fd)
                     if not _gone(holder, locked, fd):
                         return holder or {}
-                _write(fd, record)
+                self._write(fd, record, created)
                 self._fd, keep = fd, True
                 return None
             finally:
                 if not keep:
                     os.close(fd)
         raise VaultError(f"cannot take {self.path}: it keeps being replaced", path=self.path)
+
+    def _write(self, fd: int, record: dict[str, Any], created: bool) -> None:
+        """Write the record into the locked file; on a full disk or a quota, no claim is taken and no
+        half-written file this call created is left behind."""
+        try:
+            _write(fd, record)
+        except OSError as error:
+            if created:
+                self.path.unlink(missing_ok=True)
+            raise VaultError(f"cannot write {self.path}: {error.strerror or error}", path=self.path) from error
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

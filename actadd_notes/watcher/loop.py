@@ -226,6 +226,9 @@ class Watcher:
         except ActaddError as error:  # a write failed; the note stays as it was
             self.log(f"{name}: {error}")
             return
+        except Exception as error:  # whatever a note holds, the watcher goes on to the next one
+            self.log(f"{name}: internal error ({type(error).__name__}: {str(error)[:500]}); skipped")
+            return
         finally:
             claims.release(path)
         self.outcomes.append(outcome)
