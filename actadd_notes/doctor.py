@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from actadd_notes.errors import ActaddError
 
 if TYPE_CHECKING:
+    from actadd_notes.zotero.bbt import BetterBibTexSource
     from actadd_notes.zotero.items import ZoteroSource
 
 
@@ -94,7 +95,7 @@ def _vault(vault: Path | None) -> list[Check]:
 
 
 def _reachable(source: ZoteroSource) -> tuple[bool, str]:
-    """Cheap checks only: a TCP connect to the local API, the export file on disk."""
+    """A TCP connect to the local API; an export read as a lookup reads it (see `_export`)."""
     import socket
     from urllib.parse import urlparse
 
@@ -103,7 +104,7 @@ def _reachable(source: ZoteroSource) -> tuple[bool, str]:
     if isinstance(source, SkippedSource):
         return False, source.reason
     if isinstance(source, BetterBibTexSource):
-        return source.path.is_file(), f"{source.path}" + ("" if source.path.is_file() else " is missing")
+        return _export(source)
     if isinstance(source, LocalApiSource):
         url = urlparse(source.base_url)
         try:
@@ -115,3 +116,24 @@ def _reachable(source: ZoteroSource) -> tuple[bool, str]:
             )
         return True, f"{source.base_url} reachable"
     return True, "configured (not contacted)"
+
+
+def _export(source: BetterBibTexSource) -> tuple[bool, str]:
+    """An export is ok only if a lookup could read every entry of it: a file that is there but
+    truncated, not JSON, or holding entries BibTeX cannot parse is what a user needs to see.
+    The parse is the one lookups share (once per version of the file, within its deadline)."""
+    from actadd_notes.errors import ZoteroError
+
+    if not source.path.is_file():
+        return False, f"{source.path} is missing"
+    try:
+        contents = source.contents()
+    except ZoteroError as error:
+        return False, str(error).removeprefix(f"{source.name}: ")
+    if not contents.malformed:
+        return True, str(source.path)
+    count = len(contents.malformed)
+    shown = "; ".join(f"{label}: {reason}" for label, reason in list(contents.malformed.items())[:5])
+    more = f"; and {count - 5} more" if count > 5 else ""
+    entries = "entry" if count == 1 else "entries"
+    return False, f"{source.path}: {count} malformed {entries} a lookup cannot read — {shown}{more}"

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actadd_notes.errors import ActaddError, Cancelled, SpecError, note_context
+from actadd_notes.errors import ActaddError, Cancelled, ConflictError, SpecError, note_context
 from actadd_notes.experiments.spec import ExperimentSpec, parse_spec
 from actadd_notes.publish import Publisher, Run
 from actadd_notes.vault.config import VaultConfig
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ERROR_REGION = "actadd-error"
 PROGRESS_EVERY_S = 5.0
+STATUS_WRITE_S = 30.0  # how long a status write keeps trying against a note the user keeps saving
 
 Progress = Callable[[int, int, str], None]
 _log = logging.getLogger(__name__)
@@ -131,9 +132,33 @@ class JobRunner:
             self.self_writes.remember(path, text)
 
     def _update(self, path: Path, change: Callable[[Note], None]) -> Note:
-        note = update_note(path, change, vault=self.config.root, config_folder=self.config.config_folder)
+        """A status write: it must land, so a note the user keeps saving is tried again, with pauses
+        that give the other writer its turn, for up to `STATUS_WRITE_S` seconds."""
+        deadline = time.monotonic() + STATUS_WRITE_S
+        pause = 0.01
+        while True:
+            try:
+                note = update_note(path, change, vault=self.config.root, config_folder=self.config.config_folder)
+            except ConflictError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.5)
+                continue
+            self._remember(path, note.text())
+            return note
+
+    def _progress(self, path: Path, percent: int) -> None:
+        """Progress is best-effort: a note that is being edited keeps its old percentage, the run goes on."""
+        try:
+            note = update_note(
+                path, lambda n: n.set("progress", f"{percent}%"), vault=self.config.root,
+                config_folder=self.config.config_folder,
+            )  # fmt: skip
+        except ConflictError as error:
+            _log.info("%s: progress not written (%s)", path.name, error)
+            return
         self._remember(path, note.text())
-        return note
 
     def mark(self, path: Path, status: str, **properties: Any) -> None:
         """Set `status` and tool-owned properties; a `None` value removes the key."""
@@ -254,7 +279,7 @@ class JobRunner:
             if now - last[0] >= PROGRESS_EVERY_S or (done > 0 and not started[0]):
                 last[0], started[0] = now, done > 0
                 percent = 100 * done // max(total, 1) or (1 if done else 0)
-                self._update(path, lambda note: note.set("progress", f"{percent}%"))
+                self._progress(path, percent)
 
         return run_experiment(
             spec,

@@ -2,8 +2,9 @@
 journal line and the literature links.
 
 The result is already computed when this runs, so nothing here may lose it: the artifacts and
-the result note are written first, and a failure in anything after them (a daily note that is not
-UTF-8, a literature note that cannot be read, a Zotero source that sends nonsense) becomes a
+the result note are written first, before any literature lookup, and a failure of any kind in
+anything after them (a daily note that is not UTF-8, a literature note that cannot be read, a
+Zotero source that sends nonsense or an HTTP stack that raises what no one expected) becomes a
 warning in the result note, not a failed run. Everything comes from the `ExperimentResult`; no
 model is needed.
 """
@@ -35,7 +36,7 @@ from actadd_notes.vault.bases import ensure_runs_view
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.journal import append_journal_entry, journal_entry
 from actadd_notes.vault.literature import citekeys_from_links, link_experiment
-from actadd_notes.vault.notes import atomic_write_bytes, rewrite_note
+from actadd_notes.vault.notes import Note, atomic_write_bytes, rewrite_note
 from actadd_notes.vault.paths import safe_filename
 from actadd_notes.vault.templates import TemplateRenderer
 
@@ -78,32 +79,36 @@ class Publisher:
         return self.config.path(self.config.results_folder, f"{safe_filename(run.spec_path.stem)} {run.run_id}.md")
 
     def publish(self, run: Run, result: ExperimentResult) -> Published:
+        """Artifacts, then the result note, then everything else. The first two are the run's
+        result; once they are on disk, no later step (the runs view, literature lookups in
+        Zotero, the lab journal, experiment links) can lose it: each step's failure, of any
+        kind, becomes a warning, and the note is written again to show the warnings."""
         config = self.config
-        warnings: list[str] = []
-        citekeys = citekeys_from_links([str(link) for link in result.spec.literature])
-        for citekey in list(citekeys):
-            if not self._degrade(f"literature {citekey}", partial(self._ensure_literature, citekey), warnings):
-                citekeys.remove(citekey)
         folder = config.path(config.artifacts_folder, f"{safe_filename(run.spec_path.stem)} {run.run_id}")
         files = render_artifacts(result)
         for filename, data in files.items():
             atomic_write_bytes(folder / filename, data, vault=config.root, config_folder=config.config_folder)
         links = {name: config.relative(folder / name) for name in files}
-        self._degrade("runs view", lambda: ensure_runs_view(config), warnings)
         result_path = self.result_path(run)
-        self._write_note(run, result, links, result_path, [*result.warnings, *warnings])
+        self._write_note(run, result, links, result_path, list(result.warnings))
         summary = summary_line(result)
+
+        warnings: list[str] = []
+        self._degrade("runs view", lambda: ensure_runs_view(config), warnings)
+        citekeys = citekeys_from_links([str(link) for link in result.spec.literature])
+        found = [c for c in citekeys if self._degrade(f"literature {c}", partial(self._ensure_literature, c), warnings)]
         result_link = config.relative(result_path)
-        later: list[str] = []
-        self._degrade("lab journal", lambda: self._journal(run, result_link, summary), later)
+        self._degrade("lab journal", lambda: self._journal(run, result_link, summary), warnings)
         target = result_link.removesuffix(".md")
         line = f"- [[{target}|{run.spec_path.stem} {run.run_id}]] — {summary}"
-        for citekey in citekeys:
+        for citekey in found:
             link = partial(link_experiment, config, citekey, run_link=target, line=line)
-            self._degrade(f"literature {citekey}", link, later)
-        if later:  # the note must say what did not get written after it
-            self._write_note(run, result, links, result_path, [*result.warnings, *warnings, *later])
-        return Published(result_path, summary, tuple(warnings + later))
+            self._degrade(f"literature {citekey}", link, warnings)
+        unshown: list[str] = []
+        if warnings:  # the note must say what did not get written after it
+            note = partial(self._write_note, run, result, links, result_path, [*result.warnings, *warnings])
+            self._degrade("result note warnings", note, unshown)  # the note stays; its warnings are lost
+        return Published(result_path, summary, tuple(warnings + unshown))
 
     def _write_note(
         self, run: Run, result: ExperimentResult, links: dict[str, str], path: Path, warnings: list[str]
@@ -132,7 +137,7 @@ class Publisher:
         }
         text = rewrite_note(
             path,
-            lambda existing: self.renderer.render("result-note.md.j2", **context, notes=existing.region("notes") or ""),
+            lambda existing: self.renderer.render("result-note.md.j2", **context, notes=_user_notes(existing)),
             vault=config.root,
             config_folder=config.config_folder,
         )
@@ -153,14 +158,23 @@ class Publisher:
 
     @staticmethod
     def _degrade(what: str, step: Callable[[], object], warnings: list[str]) -> bool:
-        """Run `step`; a failure becomes a warning, because the run's result must not be lost to it."""
+        """Run `step`; any failure becomes a warning, because the run's result must not be lost
+        to it: a step after the result note is written may fail in ways no one listed (an
+        httpx error, a recursion limit, an overflow in a parsed date), and each of them is a
+        warning in the note, never an internal error that drops the run."""
         try:
             step()
         except ActaddError as error:
             warnings.append(f"{what}: {error}")
             return False
-        except (OSError, ValueError) as error:  # an unreadable file or malformed data
+        except Exception as error:
             _log.warning("%s failed", what, exc_info=error)
             warnings.append(f"{what}: {type(error).__name__}: {error}")
             return False
         return True
+
+
+def _user_notes(existing: Note) -> str:
+    """The user's `notes` region, less the line break that ends its last line: the template ends it
+    again, so a note written twice keeps the region as the user left it."""
+    return (existing.region("notes") or "").removesuffix("\n")

@@ -96,6 +96,9 @@ def test_empty_properties_count_as_absent():
     assert (spec.samples, spec.top_k, spec.batch_size) == (10, 0, None)
 
 
+GREEDY = "must be ≥ 0.001 — for the likeliest token every time, use top_k: 1"
+
+
 @pytest.mark.parametrize(
     ("changes", "key", "message"),
     [
@@ -114,7 +117,8 @@ def test_empty_properties_count_as_absent():
         ({"max_generations": 0}, "max_generations", "max_generations: 0 is not a whole number ≥ 1"),
         ({"top_p": 1.5}, "top_p", "top_p: 1.5 must be in (0, 1]"),
         ({"top_p": 0}, "top_p", "top_p: 0 must be in (0, 1]"),
-        ({"temperature": 0}, "temperature", "temperature: 0 must be > 0"),
+        ({"temperature": 0}, "temperature", f"temperature: 0 {GREEDY}"),
+        ({"temperature": 1e-300}, "temperature", f"temperature: 1e-300 {GREEDY}"),  # overflowed to empty text
         ({"temperature": True}, "temperature", "temperature: true is not a number"),
         ({"freq_penalty": -1}, "freq_penalty", "freq_penalty: -1 must be ≥ 0"),
         ({"max_perplexity_ratio": 0.5}, "max_perplexity_ratio", "max_perplexity_ratio: 0.5 must be ≥ 1"),

@@ -6,16 +6,20 @@ pages by `start`/`limit` with `Total-Results` and `Link` headers, runs quick sea
 `qmode=everything`), and can refuse (403), rate-limit (429 + Retry-After) or ask for a `Backoff`.
 It also misbehaves as a hostile or broken server would: it trickles its answers a byte at a
 time (`trickle_s`), ignores `start` while claiming endless results (`bogus_paging`), or sends
-a body that is not the JSON Zotero sends (`malformed`).
+a body that is not the JSON Zotero sends (`malformed`). Below the JSON, `moved` redirects a
+path prefix on the same host, and `raw` answers every request with a `Raw` as it is: a
+redirect, a corrupt or bomb-sized compressed body, an endless body, or a connection reset.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +28,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 LIBRARY = Path(__file__).parent / "data" / "zotero-api-library.json"
+
+
+@dataclass
+class Raw:
+    """An answer sent byte for byte, whatever was asked: `body` is bytes (sent with a
+    Content-Length unless `headers` has one) or a callable giving chunks (sent until they end or
+    the client hangs up); `reset` closes the connection with a TCP reset instead of answering."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    body: bytes | Callable[[], Iterable[bytes]] = b""
+    reset: bool = False
 
 
 @dataclass
@@ -44,11 +60,15 @@ class ZoteroServer:
     trickle_s: float = 0.0  # seconds between the bytes of each answer (headers and body)
     bogus_paging: bool = False  # `start` ignored, `Total-Results` a million
     malformed: str | None = None  # sent as the body of every 200 answer instead of the items
+    raw: Raw | None = None  # sent for every request instead of anything above
+    moved: str | None = None  # a path prefix: requests under it get a 301 to the same path without it
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     url: str = ""
 
     def respond(self, path: str, query: dict[str, str], headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
         self.requests.append((path, query))
+        if self.moved and path.startswith(self.moved + "/"):
+            return 301, {"Location": f"{path.removeprefix(self.moved)}?{urlencode(query)}"}, ""
         if self.forbidden is not None:
             return 403, {}, self.forbidden
         if self.rate_limited:
@@ -112,6 +132,29 @@ class _Trickle:
         self._inner.flush()
 
 
+def send_raw(handler: BaseHTTPRequestHandler, raw: Raw) -> None:
+    """Send `raw` as the answer to the request `handler` is serving."""
+    if raw.reset:
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.connection.close()  # linger 0: a RST, not a FIN
+        handler.close_connection = True
+        return
+    handler.send_response(raw.status)
+    if isinstance(raw.body, bytes) and not any(h.lower() == "content-length" for h in raw.headers):
+        handler.send_header("Content-Length", str(len(raw.body)))
+    for name, value in raw.headers.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    if isinstance(raw.body, bytes):
+        handler.wfile.write(raw.body)
+        return
+    stop = time.monotonic() + 60  # bounded: an endless body ends when the client hangs up, or here
+    for chunk in raw.body():
+        if time.monotonic() > stop:
+            break
+        handler.wfile.write(chunk)
+
+
 @contextmanager
 def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
     """Serve the test library on 127.0.0.1 at a free port until the block ends."""
@@ -122,6 +165,10 @@ def serve_zotero(**knobs: Any) -> Iterator[ZoteroServer]:
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if state.raw is not None:
+                state.requests.append((parts.path, query))
+                send_raw(self, state.raw)
+                return
             status, extra, body = state.respond(parts.path, query, headers)
             if status == 200 and state.malformed is not None:
                 body = state.malformed

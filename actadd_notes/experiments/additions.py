@@ -161,8 +161,8 @@ class Additions:
         if spec.position != "front" or spec.method != "actadd":
             return
         latest = max(spec.offsets) if spec.offset_range is None else spec.offset_range[1]
-        layer = spec.layers[0] if spec.layers else (spec.layer_range or (0, 0))[0]
-        width = self.vector(layer).positions
+        # the vector's rows are p+ and p− right-padded to the longer: counted from tokens, before any forward pass
+        width = max(self._tokens(spec.prompt_add), self._tokens(spec.prompt_sub))
         for index, prompt in enumerate(spec.prompts):
             encoded = self.lm.encode(prompt, chat=spec.chat)
             room = len(encoded.ids) - encoded.start
@@ -175,6 +175,9 @@ class Additions:
                     "lower the offset, or use a longer prompt or shorter steering prompts",
                     key=key,
                 )
+
+    def _tokens(self, text: str) -> int:
+        return len(self.lm.tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
     def for_row(self, setting: Setting, prompt_index: int, sample: int = 0) -> list[Addition] | None:
         """What row (prompt_index, sample) of `setting` adds (None: the baseline and the prompting baseline)."""

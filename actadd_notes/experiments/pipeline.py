@@ -31,7 +31,15 @@ from actadd_notes.experiments.preload import import_in_background, modules_for
 from actadd_notes.experiments.report import findings
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, Confirmation, ExperimentResult, Setting, pick_best
 from actadd_notes.experiments.search import run_bayes, run_grid
-from actadd_notes.experiments.spec import ExperimentSpec, check_layers, check_lengths, check_work, estimate_work
+from actadd_notes.experiments.spec import (
+    ExperimentSpec,
+    check_layers,
+    check_lengths,
+    check_steering_lengths,
+    check_work,
+    estimate_work,
+    steering_texts,
+)
 from actadd_notes.experiments.stats import holm
 from actadd_notes.experiments.verdict import decide
 from actadd_notes.steering.lm import SteerableLM
@@ -51,9 +59,14 @@ def run_experiment(
     import_in_background(modules_for(spec, lm.device))  # ready when the generations are done
     check_layers(spec, lm.num_layers, lm.short_name, note=note)
     spec = first_tokens(spec, lm)
-    worded = [prompting_text(spec.prompt_baseline, p) for p in spec.prompts] if spec.prompt_baseline else []
-    lengths = [len(lm.encode(p, chat=spec.chat).ids) for p in [*spec.prompts, *worded]]
-    check_lengths(spec, lengths, _context_length(lm), note=note)
+    context = _context_length(lm)
+    texts = [(key, len(lm.encode(text).ids)) for key, text in steering_texts(spec)]
+    check_steering_lengths(spec, texts, context, note=note)
+    check_lengths(spec, [len(lm.encode(p, chat=spec.chat).ids) for p in spec.prompts], context, note=note)
+    if spec.prompt_baseline:
+        worded = [prompting_text(spec.prompt_baseline, p) for p in spec.prompts]
+        lengths = [len(lm.encode(p, chat=spec.chat).ids) for p in worded]
+        check_lengths(spec, lengths, context, note=note, key="prompt_baseline")
     split = split_prompts(len(spec.prompts), spec.seed, spec.confirm_prompts)
     estimate = estimate_work(spec)
     check_work(spec, estimate, note=note)

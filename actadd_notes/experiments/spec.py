@@ -84,7 +84,8 @@ _WHOLE = {
 }  # fmt: skip
 # Number keys, the test they must pass, and how to say what is valid.
 _NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "temperature": (lambda x: x > 0, "must be > 0"),
+    # below this, logits / temperature overflow to inf and every completion comes out empty
+    "temperature": (lambda x: x >= 1e-3, "must be ≥ 0.001 — for the likeliest token every time, use top_k: 1"),
     "top_p": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
     "freq_penalty": (lambda x: x >= 0, "must be ≥ 0"),
     "max_perplexity_ratio": (lambda x: x >= 1, "must be ≥ 1"),
@@ -104,6 +105,7 @@ _CHOICES = {
 _CLASSIFIED = tuple(name for name, info in REGISTRY.items() if info.classified)
 _ADDITION_KEYS = ("add", "sub", "layer", "coeff")
 _MAX_TEMPLATE = 4_000  # characters of a prompting baseline's template
+MAX_PAIRS = 2_000  # contrast pairs a mean-difference vector is read from
 _MAX_WHOLE = 2**63 - 1  # what a seed or a count may be: a 64-bit integer
 _MAX_SHOWN = 80  # characters of a bad value quoted in an error
 _PROMPTS_HEADING = re.compile(r"^##\s+prompts\s*$", re.IGNORECASE)
@@ -271,16 +273,41 @@ def check_layers(spec: ExperimentSpec, num_layers: int, model_name: str, *, note
                 raise SpecError(f"item {number}: layer {addition.layer} — {valid}", key="extra_additions")
 
 
-def check_lengths(
-    spec: ExperimentSpec, prompt_tokens: Sequence[int], context: int | None, *, note: str | None = None
+def steering_texts(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Every text the vectors are read from, with the key that holds it: each is one forward pass."""
+    texts = [("prompt_add", spec.prompt_add), ("prompt_sub", spec.prompt_sub)] if spec.method == "actadd" else []
+    texts += [("pairs", text) for pair in spec.pairs for text in pair]
+    texts += [("extra_additions", text) for a in spec.extra_additions for text in (a.add, a.sub)]
+    return [(key, text) for key, text in texts if text]
+
+
+def check_steering_lengths(
+    spec: ExperimentSpec, lengths: Sequence[tuple[str, int]], context: int | None, *, note: str | None = None
 ) -> None:
-    """Refuse prompts that, with `max_new_tokens`, would not fit the model's context (`context` None: unknown)."""
+    """Refuse a steering text longer than the model's context, before its forward pass."""
+    too_long = [(key, length) for key, length in lengths if context is not None and length > context]
+    if too_long:
+        key, length = max(too_long, key=lambda item: item[1])
+        with _noted(note):
+            raise SpecError(f"a text of {length:,} tokens — the model's context is {context:,}", key=key)
+
+
+def check_lengths(
+    spec: ExperimentSpec,
+    prompt_tokens: Sequence[int],
+    context: int | None,
+    *,
+    note: str | None = None,
+    key: str = "prompts",
+) -> None:
+    """Refuse prompts (the prompting baseline's, with `key`) that, with `max_new_tokens`, would not fit the
+    model's context (`context` None: unknown)."""
     if context is None:
         return
     longest = max(prompt_tokens)
     if longest + spec.max_new_tokens > context:
         with _noted(note):
-            key = "max_new_tokens" if spec.max_new_tokens >= context else "prompts"
+            key = "max_new_tokens" if spec.max_new_tokens >= context else key
             raise SpecError(
                 f"the longest prompt is {longest:,} tokens and max_new_tokens is {spec.max_new_tokens:,}: "
                 f"{longest + spec.max_new_tokens:,} tokens, but the model's context is {context:,} — shorten the "
@@ -366,6 +393,11 @@ def _parse_vector(
     )
     if not spec["pairs"]:
         raise SpecError("empty list — give at least one {add: …, sub: …} pair", key="pairs")
+    if len(spec["pairs"]) > MAX_PAIRS:
+        raise SpecError(
+            f"{len(spec['pairs']):,} pairs — at most {MAX_PAIRS:,}; a mean difference is settled long before",
+            key="pairs",
+        )
     if all(add == sub for add, sub in spec["pairs"]):
         raise SpecError("every pair has add equal to sub — the mean difference would be zero", key="pairs")
     if "pair_position" in props:

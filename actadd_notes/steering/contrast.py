@@ -27,6 +27,7 @@ from actadd_notes.steering.lm import SteerableLM
 from actadd_notes.steering.vectors import DEFAULT_PAD, SteeringVector
 
 PAIR_POSITIONS = ("last", "mean")
+PAIR_BATCH = 64  # prompts a forward pass: bounds the activations a pairs note holds at once
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def pair_differences(
     pair_position: str = "last",
     pad_token: str = DEFAULT_PAD,
 ) -> PairDifferences:
-    """h(p+) − h(p−) of every pair at every layer, from one forward pass over all the prompts."""
+    """h(p+) − h(p−) of every pair at every layer, from forward passes of `PAIR_BATCH` prompts each (a
+    note of thousands of pairs never becomes one batch of thousands of rows)."""
     if not pairs:
         raise SteeringError("pairs: empty — a mean-difference vector needs at least one (add, sub) pair")
     if pair_position not in PAIR_POSITIONS:
@@ -78,16 +80,19 @@ def pair_differences(
     for text in prompts:
         if not isinstance(text, str) or not text.strip():
             raise SteeringError(f"pairs: empty prompt {text!r} — every add and sub needs some text")
-    stacked, _ = lm.activations(prompts, pad_token=pad_token)  # right-padded: earlier positions are exact
-    lengths = [len(lm.encode(text).ids) for text in prompts]
     first = 1 if lm.prepend_bos else 0
     rows = []
-    for index, length in enumerate(lengths):
-        states = stacked[:, index].float()  # [layers, T, d]
-        if pair_position == "last":
-            rows.append(states[:, length - 1])
-        else:
-            rows.append(states[:, first:length].mean(dim=1))  # a prompt has at least one token past BOS
+    for start in range(0, len(prompts), PAIR_BATCH):
+        chunk = prompts[start : start + PAIR_BATCH]
+        stacked, _ = lm.activations(chunk, pad_token=pad_token)  # right-padded: earlier positions are exact
+        for index, text in enumerate(chunk):
+            length = len(lm.encode(text).ids)
+            states = stacked[:, index].float()  # [layers, T, d]
+            if pair_position == "last":
+                rows.append(states[:, length - 1])
+            else:
+                rows.append(states[:, first:length].mean(dim=1))  # a prompt has at least one token past BOS
+        del stacked
     per_prompt = torch.stack(rows, dim=1)  # [layers, 2·pairs, d]
     differences = per_prompt[:, 0::2] - per_prompt[:, 1::2]
     return PairDifferences(tuple((add, sub) for add, sub in pairs), differences, pair_position)

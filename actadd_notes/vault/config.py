@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from actadd_notes.errors import VaultError
+from actadd_notes.vault.notes import read_plain_file
 from actadd_notes.vault.paths import resolve_in_vault
 
 __all__ = ["CONFIG_FILE", "ZOTERO_SOURCES", "VaultConfig", "find_vault_root"]
@@ -96,7 +97,7 @@ def find_vault_root(start: Path) -> Path:
 
 def _read_file(file: Path, known: set[str]) -> dict[str, Any]:
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_plain_file(file).decode("utf-8")  # a FIFO in its place is an error, not a hang
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as error:

@@ -4,6 +4,14 @@ The daily note is the one Obsidian's Daily notes plugin would open: its folder, 
 format (moment.js syntax) and template come from `.obsidian/daily-notes.json`. The entry
 goes at the end of the `## Lab journal` section (created when missing) through
 `update_note`, so the rest of the note, which the user may be typing in, is never touched.
+
+When the section ends the note (the usual case), the entry is appended in place (O_APPEND), after
+checking through the open file that the note still holds what the entry was placed in; a process
+that keeps the daily note open to append to it (a logger, `tee -a`) loses nothing. When the entry
+must go in the middle (another section follows, or blank lines end the section), the note is
+replaced with the atomic swap of `update_note`: a save by rename or in place is still detected and
+never lost, but a process holding the daily note open to append writes, from 20 ms after the swap
+(`_QUIET_S`) until it reopens the note, into the replaced file: those lines are lost from the note.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 from actadd_notes.errors import VaultError
 from actadd_notes.vault.config import VaultConfig
 from actadd_notes.vault.moment import moment_add, moment_format
-from actadd_notes.vault.notes import Note, create_note_if_missing, update_note
+from actadd_notes.vault.notes import Note, UnreadableProperties, create_note_if_missing, read_plain_file, update_note
 from actadd_notes.vault.templates import TemplateRenderer
 
 __all__ = ["append_journal_entry", "daily_note_path", "fill_daily_template", "journal_entry"]
@@ -80,14 +88,14 @@ def append_journal_entry(
         if unless_present is None or unless_present not in note.text():
             note.append_to_section(config.journal_heading, entry)
 
-    update_note(path, add, vault=config.root, config_folder=config.config_folder)
+    update_note(path, add, vault=config.root, config_folder=config.config_folder, append=True)
     return path
 
 
 def _settings(config: VaultConfig) -> _DailyNotes:
     file = config.root / config.config_folder / "daily-notes.json"
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_plain_file(file).decode("utf-8"))
     except FileNotFoundError:
         return _DailyNotes()
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -119,13 +127,22 @@ def _first_text(
     name = settings.template if settings.template.endswith(".md") else settings.template + ".md"
     template = config.path(name)
     try:
-        text = template.read_text(encoding="utf-8")
+        text = read_plain_file(template).decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise VaultError(
             f"{template}: cannot read the daily note template set in Obsidian's Daily notes settings: {error}",
             path=template,
         ) from error
-    return fill_daily_template(text, when, settings.format)
+    filled = fill_daily_template(text, when, settings.format)
+    try:  # the renderer checks its own templates; this one is Obsidian's, so it is checked here
+        Note.parse(filled, path)
+    except UnreadableProperties as error:
+        raise VaultError(
+            f"{template}: the daily note template set in Obsidian's Daily notes settings makes properties the "
+            f"tool cannot read back, so no daily note was created: {error}",
+            path=template,
+        ) from None
+    return filled
 
 
 # --- Obsidian's daily note template placeholders ---------------------------------------------

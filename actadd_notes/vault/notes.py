@@ -28,6 +28,16 @@ re-applied. On Linux the swap is `renameat2(RENAME_EXCHANGE)`: the swapped-out f
 against what the change was based on and swapped back on a mismatch, so a save landing between
 the re-read and the swap is never lost. Elsewhere (or where the file system refuses the exchange)
 it is `os.replace` right after the re-read: a save in that instant can be lost.
+
+A replace swaps the file under any process that holds the note open: what it writes through that
+handle after the swap goes to the replaced file. So `update_note(append=True)` (the journal) adds a
+change that only appends to the end of the note in place, with O_APPEND, re-reading through the
+open file right before the write (`_append_if_unchanged`): a logger appending to the daily note
+loses nothing.
+
+Notes and templates are read only if they are plain files: opened without blocking and checked
+with `fstat` first (`read_plain_file`), so a FIFO or a device in a note's place is a VaultError,
+not a hang.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import numbers
 import os
 import re
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -75,6 +86,7 @@ __all__ = [
     "create_note_if_missing",
     "dump_yaml_value",
     "escape_markers",
+    "read_plain_file",
     "rewrite_note",
     "update_note",
     "write_error_region",
@@ -100,6 +112,7 @@ _QUIET_S = 0.02  # a note modified more recently than this may be mid-save: wait
 _SETTLE_S = 0.25  # how long an empty or busy note is waited for before it is taken as it is
 _POLL_S = 0.01
 _RETRY_S = 0.02  # back-off step between compare-and-swap attempts
+_APPEND_TRIES = 200  # re-reads of a note that other processes keep appending to, per attempt
 _MAX_COPIES = 10_000  # `name 1.md` … before create_note gives up
 _UNREADABLE = object()
 _PER_THREAD = threading.local()
@@ -361,11 +374,17 @@ def update_note(
     vault: Path,
     attempts: int = 5,
     config_folder: str = ".obsidian",
+    append: bool = False,
 ) -> Note:
     """Read the note, apply `change`, and replace the note atomically unless it changed on disk
     meanwhile; then re-read and re-apply `change`. Never overwrites text newer than what
     `change` saw; ConflictError after `attempts` tries. Returns the note as written
-    (`original` is the text it was based on)."""
+    (`original` is the text it was based on).
+
+    With `append`, a change that only adds text at the end of the note (a journal line under the
+    last heading) is appended in place, not by replacing the file, so a process that holds the
+    note open to append to it (a logger, `tee -a`) keeps writing into the note: see
+    `_append_if_unchanged`. A change elsewhere replaces the file as without `append`."""
     changed: list[Note] = []
 
     def render(note: Note) -> str:
@@ -374,7 +393,9 @@ def update_note(
         return note.text()
 
     target = ensure_in_vault(vault, path, config_folder=config_folder)
-    _compare_and_swap(target, lambda text: render(Note.parse(text, target)), attempts=attempts, create=False)
+    _compare_and_swap(
+        target, lambda text: render(Note.parse(text, target)), attempts=attempts, create=False, append=append
+    )
     return changed[0]
 
 
@@ -415,8 +436,11 @@ def write_error_region(
     return None if written == before else written
 
 
-def _compare_and_swap(target: Path, render: Callable[[str], str], *, attempts: int, create: bool) -> str:
-    """Write `render(current text)` over the note unless it changes meanwhile; then again."""
+def _compare_and_swap(
+    target: Path, render: Callable[[str], str], *, attempts: int, create: bool, append: bool = False
+) -> str:
+    """Write `render(current text)` over the note unless it changes meanwhile; then again. With
+    `append`, a result that only adds to the end is appended in place instead."""
     for attempt in range(attempts):
         if create and not target.exists():
             text = render("")
@@ -425,7 +449,13 @@ def _compare_and_swap(target: Path, render: Callable[[str], str], *, attempts: i
             continue  # created meanwhile: render again from what is there
         base = _read_settled(target)
         text = render(base)
-        if text == base or _replace_if_unchanged(target, text, base):
+        if text == base:
+            return text
+        if append and text.startswith(base):
+            appended = _append_if_unchanged(target, base, text, render)
+            if appended is not None:
+                return appended
+        elif _replace_if_unchanged(target, text, base):
             return text
         time.sleep(_RETRY_S * (attempt + 1))
     raise ConflictError(
@@ -709,10 +739,24 @@ def _vault_io(path: Path, doing: str) -> Iterator[None]:
         raise VaultError(f"{path}: cannot {doing}: {error.strerror or error}", path=path) from error
 
 
+def read_plain_file(path: Path) -> bytes:
+    """The bytes of a plain file (through a link, as any read). A FIFO, a device or a folder in a
+    note's or template's place is a VaultError: opened without blocking and checked before a byte is
+    read, so a FIFO cannot hang the tool nor `/dev/zero` fill its memory. FileNotFoundError, and any
+    other OSError, as they are."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VaultError(f"{path}: not a plain file (a FIFO, a device or a folder); the tool reads none", path=path)
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_text(path: Path) -> str:
     """The exact text: bytes decoded as UTF-8, line endings untranslated."""
     try:
-        data = path.read_bytes()
+        data = read_plain_file(path)
     except FileNotFoundError:
         raise VaultError(f"{path}: no such note", path=path) from None
     except OSError as error:
@@ -759,6 +803,58 @@ def _replace_if_unchanged(target: Path, text: str, base: str) -> bool:
     return True
 
 
+def _append_if_unchanged(target: Path, base: str, text: str, render: Callable[[str], str]) -> str | None:
+    """Append `text[len(base):]` to the note in place (O_APPEND) if it still holds `base`: re-read
+    through the open file right before the write, so the check and the append are microseconds
+    apart. A note that has only grown meanwhile (another process appended lines) is rendered
+    again from what it holds now, up to `_APPEND_TRIES` times; anything else (a save, a truncation,
+    a change the new render puts elsewhere than the end) returns None, for the caller to start over.
+
+    Another process appending to the note loses nothing: its lines and ours both go to the end of
+    the same file. What can be lost is our own addition, never the user's text: a save of text read
+    before our append (by rename, or by truncating and writing) drops it. One that lands before the
+    check after our write is seen, and the addition made again; one that lands later drops it for good.
+
+    A note we may not open for writing (read-only) is replaced instead, as without `append`."""
+    with _vault_io(target, "write"):
+        try:
+            fd = os.open(target, os.O_RDWR | os.O_APPEND | getattr(os, "O_NONBLOCK", 0))
+        except PermissionError:
+            return text if _replace_if_unchanged(target, text, base) else None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise VaultError(f"{target}: not a plain file (a FIFO, a device or a folder); the tool reads none")
+            expected = base.encode()
+            for _ in range(_APPEND_TRIES):
+                current = _read_all_at(fd)
+                if current != expected:
+                    if not current.startswith(expected):  # saved, truncated or rewritten: start over
+                        return None
+                    try:
+                        base = current.decode("utf-8")
+                    except UnicodeDecodeError:  # an append caught mid-character
+                        return None
+                    expected, text = current, render(base)
+                    if text == base:
+                        return text
+                    if not text.startswith(base):
+                        return None
+                    continue  # check again, right before writing
+                addition = text[len(base) :].encode()
+                written = 0
+                while written < len(addition):
+                    written += os.write(fd, addition[written:])
+                os.fsync(fd)
+                # what the note holds now, through its name: a save around our write may have replaced
+                # or overwritten the file without our text (then start over), or kept it
+                if addition not in read_plain_file(target)[len(expected) :]:
+                    return None
+                return text
+            return None
+        finally:
+            os.close(fd)
+
+
 def _swapped_out_unchanged(swapped: Path, base: bytes) -> bool:
     """Whether the file swapped out of the note's place is `base`, and stays so for `_QUIET_S`: a
     writer that opened the note just before the swap writes into this file, not the note."""
@@ -793,6 +889,12 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _read_all_at(fd: int) -> bytes:
+    """The whole file from its start, whatever the descriptor's position."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return _read_all(fd)
 
 
 def _renameat2() -> Callable[..., int] | None:

@@ -27,6 +27,7 @@ __all__ = ["is_note_link", "read_pairs"]
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
 _ITEM = re.compile(r"^\s*[-*+]\s+(?:\[.\]\s+)?(.*)$")
 _QUOTES = ("\"'`", "\"'`")
+_PIPE = re.compile(r"(?<!\\)\|")  # a cell separator: a pipe not escaped with a backslash
 
 
 def is_note_link(value: object) -> bool:
@@ -57,17 +58,22 @@ def parse_pairs(body: str, name: str) -> list[tuple[str, str]]:
             following = lines[number].strip() if number < len(lines) else ""
             if _SEPARATOR.match(following):  # a header row
                 continue
-            cells = [cell.strip() for cell in text.strip("|").split("|")]
+            cells = [cell.strip() for cell in _cells(text.strip().removeprefix("|").removesuffix("|"))]
         else:
             item = _ITEM.match(line)
-            if item is None or "|" not in item.group(1):
+            if item is None or not _PIPE.search(item.group(1)):
                 continue
-            cells = [cell.strip() for cell in item.group(1).split("|")]
+            cells = [cell.strip() for cell in _cells(item.group(1))]
         cells = [_unquoted(cell) for cell in cells]
         if len(cells) != 2 or not all(cells):
             raise VaultError(f"{name}: line {number}: {text!r} — a pair is two texts, `add | sub`", path=name)
         pairs.append((cells[0], cells[1]))
     return pairs
+
+
+def _cells(row: str) -> list[str]:
+    """A row split at its pipes; `\\|` is a pipe inside a cell, as Obsidian writes one in a table."""
+    return [cell.replace("\\|", "|") for cell in _PIPE.split(row)]
 
 
 def _unquoted(cell: str) -> str:

@@ -51,7 +51,7 @@ def resolve_in_vault(vault: Path, relative: str | Path, *, config_folder: str = 
         raise VaultError(f"{relative}: cannot resolve: {error}", path=relative) from None
     if inner.parts and inner.parts[0].casefold() in (config_folder.casefold(), ".obsidian"):
         raise VaultError(
-            f"{relative}: refusing to write inside {inner.parts[0]}/, Obsidian's config folder", path=relative
+            f"{relative}: refusing to read or write inside {inner.parts[0]}/, Obsidian's config folder", path=relative
         )
     hidden = next((part for part in inner.parts if part.startswith(".")), None)
     if hidden is not None:

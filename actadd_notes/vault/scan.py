@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from actadd_notes.errors import VaultError
-from actadd_notes.vault.notes import MAX_PROPERTIES_CHARS, Note
+from actadd_notes.vault.notes import MAX_PROPERTIES_CHARS, Note, UnreadableProperties
 
 if TYPE_CHECKING:
     from actadd_notes.vault.config import VaultConfig
@@ -52,6 +52,7 @@ RESULT_TYPE = "actadd-result"
 # Frontmatter starts on the first line (a BOM aside) and ends at the next `---` line; it is looked
 # for within what `Note.parse` would read at most, in UTF-8.
 _HEAD_BYTES = 4 * MAX_PROPERTIES_CHARS + 16
+_OPENING = re.compile(r"\A\ufeff?---[ \t]*\r?\n")
 _FRONTMATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)^---[ \t]*$", re.DOTALL | re.MULTILINE)
 # Copies that are copies only beside their original.
 _COPY_NAMES = (
@@ -188,7 +189,14 @@ def read_typed_note(path: Path, kind: str) -> Note | None:
             os.close(fd)
     except OSError as error:
         raise VaultError(f"{path}: cannot read: {error.strerror or error}", path=path) from error
-    frontmatter = _FRONTMATTER.match(head.decode("utf-8", errors="replace"))
+    text = head.decode("utf-8", errors="replace")
+    frontmatter = _FRONTMATTER.match(text)
+    if frontmatter is None and _OPENING.match(text) and _TYPE_LINES[kind].search(text) and len(head) < _HEAD_BYTES:
+        raise UnreadableProperties(
+            f"{path}: its properties open with --- but no line --- closes them, so Obsidian shows them as text "
+            "and the tool cannot read them — add a line --- after the last property",
+            path=path,
+        )
     if frontmatter is None or not _TYPE_LINES[kind].search(frontmatter.group(1)):
         return None
     note = Note.read(path)

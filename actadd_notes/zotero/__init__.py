@@ -3,9 +3,11 @@ web API, or a Better BibTeX export file in the vault.
 
 Every source answers `find(citekey) -> ZoteroItem` or raises `ZoteroError` naming itself and
 the citekey, so `find_item` can try them in the configured order and say why each failed; a
-source that misbehaves (no answer within its deadline, endless paging, malformed JSON) is a
-ZoteroError too. Credentials for the web API come from the environment or the user config
-file, never from a note: notes are synced and shared, keys must not be.
+source that misbehaves (no answer within its deadline, endless paging, malformed JSON, a
+body over 32 MiB after decompression, a redirect to another host, an export that does not
+parse within its deadline) is a ZoteroError too, and so is anything else a source raises.
+Credentials for the web API come from the environment or the user config file, never from a
+note: notes are synced and shared, keys must not be.
 
     items.py    the item model and Zotero's field names
     api.py      the local and web API: rate limits, an overall deadline, a page cap, credentials
@@ -26,7 +28,7 @@ from actadd_notes.zotero.api import (
     user_config_path,
     web_credentials,
 )
-from actadd_notes.zotero.bbt import BetterBibTexSource
+from actadd_notes.zotero.bbt import BetterBibTexSource, ExportContents
 from actadd_notes.zotero.items import Annotation, Attachment, Creator, ZoteroItem, ZoteroSource, citekey_of
 from actadd_notes.zotero.sources import SkippedSource, find_item, sources_from_config
 
@@ -38,6 +40,7 @@ __all__ = [
     "BetterBibTexSource",
     "Clock",
     "Creator",
+    "ExportContents",
     "LocalApiSource",
     "SkippedSource",
     "SystemClock",

@@ -4,16 +4,27 @@ A lookup (`find`) has an overall deadline: every socket read and write gets at m
 left, so a server that trickles one byte at a time cannot hold a run. Listings are paged by
 `start` and `Total-Results` with a page cap, and a server that ignores `start` (the same page
 again) is stopped at once. Rate limits (`Backoff`, `Retry-After`) are waited out on an
-injected clock, within the deadline. Anything the server sends that is not the JSON Zotero
-sends (malformed, or of another shape) is a ZoteroError for that citekey.
+injected clock, within the deadline.
+
+What a server may send is bounded below pyzotero, in the transport every request goes
+through (`_GuardedTransport`): a body is read streamed and decompressed here, and the lookup
+fails once it passes `MAX_BODY_BYTES` (so a gzip bomb or an endless body costs at most that
+much memory); a request or redirect to any origin but the configured one is refused (the
+citekey is in the query string and must not leave for another host); a successful answer must
+be JSON (pyzotero would otherwise unpack a zip or parse a feed). Anything the server sends that
+is not the JSON Zotero sends, and any failure of the HTTP stack, is a ZoteroError for that
+citekey that says what happened: a refused connection is "Zotero is not running", a reset one
+is not.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
 import tomllib
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOCAL_API_URL",
+    "MAX_BODY_BYTES",
+    "MAX_REDIRECTS",
     "WEB_API_URL",
     "Clock",
     "Limits",
@@ -45,6 +58,12 @@ __all__ = [
 LOCAL_API_URL = "http://127.0.0.1:23119/api"
 WEB_API_URL = "https://api.zotero.org"
 _PAGE_SIZE = 100  # the most the Zotero API returns per request
+# A page of 100 items with long abstracts is a few hundred KB; a body past this, after
+# decompression, is no Zotero answer, and reading stops there.
+MAX_BODY_BYTES = 32 * 2**20
+MAX_REDIRECTS = 5  # on the configured origin only; Zotero itself does not redirect API reads
+_INFLATE_STEP = 2**16  # the most one step of decompression may produce
+_log = logging.getLogger(__name__)
 _ENABLE_LOCAL_API = (
     "start Zotero 7 and enable “Allow other applications on this computer to communicate "
     "with Zotero” in Settings → Advanced"
@@ -75,6 +94,11 @@ class _RateLimited(Exception):
 
 class _OutOfTime(Exception):
     """The lookup's deadline passed; the source turns it into a ZoteroError naming the item."""
+
+
+class _Refused(Exception):
+    """An answer or request a lookup does not accept (another host, too large, not JSON, a
+    corrupt body); its message is complete, and the source turns it into a ZoteroError."""
 
 
 class _Deadline:
@@ -153,12 +177,147 @@ class _DeadlineBackend(httpcore2.NetworkBackend):
 
 
 def _deadline_transport(deadline: _Deadline, *, trust_env: bool) -> httpx2.HTTPTransport:
-    """httpx's transport (proxies and TLS as configured) over `_DeadlineBackend`. httpx takes
-    no network backend, so the one its connection pool made is wrapped in place."""
+    """httpx's transport (TLS as configured; a transport given to a client bypasses the environment's
+    proxy settings, so the web source connects directly) over `_DeadlineBackend`. httpx takes no
+    network backend, so the one its connection pool made is wrapped in place."""
     transport = httpx2.HTTPTransport(trust_env=trust_env)
     pool = transport._pool
     pool._network_backend = _DeadlineBackend(pool._network_backend, deadline)
     return transport
+
+
+def _origin(url: httpx2.URL) -> str:
+    """`scheme://host:port`, with the scheme's default port spelled out, so two spellings of
+    one origin compare equal."""
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme, 0)
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+class _GuardedTransport(httpx2.BaseTransport):
+    """Every request and answer of a source passes here, below pyzotero and httpx's redirects:
+    requests go to the configured origin only, a redirect elsewhere is refused before it is
+    followed, a successful answer must say it is JSON, and bodies are decompressed here, never
+    past `max_body_bytes` (httpx would inflate a whole gzip bomb into memory)."""
+
+    def __init__(self, inner: httpx2.BaseTransport, *, base_url: str, max_body_bytes: int):
+        self._inner = inner
+        self._origin = _origin(httpx2.URL(base_url))
+        self._shown = base_url.rstrip("/")
+        self._max_body_bytes = max_body_bytes
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if _origin(request.url) != self._origin:
+            raise _Refused(f"refused to contact {_origin(request.url)}: a lookup sends citekeys only to {self._shown}")
+        request.headers["Accept-Encoding"] = "gzip, deflate"  # what `_Inflate` reads; nothing else is accepted
+        response = self._inner.handle_request(request)
+        try:
+            self._check(request, response)
+            decoder = _decoder(response.headers.get("Content-Encoding", ""), self._shown)
+        except BaseException:
+            response.close()
+            raise
+        for name in ("Content-Encoding", "Content-Length"):  # the body is decoded below: httpx must not again
+            response.headers.pop(name, None)
+        assert isinstance(response.stream, httpx2.SyncByteStream)
+        response.stream = _CappedStream(response.stream, decoder, self._max_body_bytes, self._shown)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _check(self, request: httpx2.Request, response: httpx2.Response) -> None:
+        if response.is_redirect and "Location" in response.headers:
+            target = request.url.join(response.headers["Location"])
+            if _origin(target) != self._origin:
+                raise _Refused(
+                    f"{self._shown} redirected to {_origin(target)}; not followed: "
+                    f"a lookup sends citekeys only to {self._shown}"
+                )
+        if response.is_success:
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if not (kind == "application/json" or kind.endswith("+json")):
+                raise _Refused(f"{self._shown} answered {kind or 'without a Content-Type'}, not JSON")
+
+
+class _CappedStream(httpx2.SyncByteStream):
+    """A response body, decompressed a bounded step at a time, that fails once more than
+    `limit` bytes came in or would come out."""
+
+    def __init__(self, inner: httpx2.SyncByteStream, decoder: _Inflate | None, limit: int, shown: str):
+        self._inner = inner
+        self._decoder = decoder
+        self._limit = limit
+        self._shown = shown
+
+    def __iter__(self) -> Iterator[bytes]:
+        received = produced = 0
+        for chunk in self._inner:
+            received += len(chunk)
+            self._bound(received)
+            for piece in self._decoder.decode(chunk) if self._decoder else (chunk,):
+                produced += len(piece)
+                self._bound(produced)
+                yield piece
+        if self._decoder:
+            self._decoder.finish()
+
+    def _bound(self, size: int) -> None:
+        if size > self._limit:
+            raise _Refused(
+                f"the answer from {self._shown} is larger than {self._limit / 2**20:g} MiB "
+                "(after decompression); stopped reading it"
+            )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _decoder(encoding: str, shown: str) -> _Inflate | None:
+    """The decoder for a `Content-Encoding`: none for identity, `_Inflate` for gzip and deflate
+    (all `_GuardedTransport` asks for); anything else is refused."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return None
+    if name in ("gzip", "x-gzip", "deflate"):
+        return _Inflate(name, shown)
+    raise _Refused(f"{shown} sent a body encoded as {encoding!r}, which was not asked for (only gzip and deflate)")
+
+
+class _Inflate:
+    """gzip or deflate, decompressed at most `_INFLATE_STEP` bytes at a time, so the caller can
+    stop a bomb after its cap; deflate is zlib-wrapped or raw, as servers differ. Data after the
+    end of the compressed stream is ignored, as httpx does."""
+
+    def __init__(self, encoding: str, shown: str):
+        self._encoding = "deflate" if encoding == "deflate" else "gzip"
+        self._shown = shown
+        self._inflater = zlib.decompressobj(15 if self._encoding == "deflate" else 31)
+        self._started = False
+        self._fed = False
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        while data and not self._inflater.eof:
+            self._fed = True
+            try:
+                piece = self._inflater.decompress(data, _INFLATE_STEP)
+            except zlib.error as error:
+                if self._encoding == "deflate" and not self._started:  # raw deflate, without the zlib header
+                    self._inflater, self._started = zlib.decompressobj(-15), True
+                    continue
+                raise self._corrupt(error) from None
+            self._started = True
+            data = self._inflater.unconsumed_tail
+            if piece:
+                yield piece
+
+    def finish(self) -> None:
+        if self._fed and not self._inflater.eof:
+            raise self._corrupt("the compressed body ended early")
+
+    def _corrupt(self, reason: object) -> _Refused:
+        return _Refused(
+            f"the answer from {self._shown} could not be decompressed ({reason}): a corrupt {self._encoding} body"
+        )
 
 
 class _PoliteTransport(httpx2.BaseTransport):
@@ -214,7 +373,8 @@ def _pop_delay(headers: httpx2.Headers) -> float | None:
 class Limits(TypedDict, total=False):
     """What a source may wait for: `clock` (injected by tests), `attempts` per request,
     `max_wait_s` that a rate limit may ask for, `timeout_s` per socket operation, `deadline_s`
-    per lookup (the source's default), `max_pages` per listing."""
+    per lookup (the source's default), `max_pages` per listing, `max_body_bytes` per answer
+    (after decompression)."""
 
     clock: Clock | None
     attempts: int
@@ -222,6 +382,7 @@ class Limits(TypedDict, total=False):
     timeout_s: float
     deadline_s: float
     max_pages: int
+    max_body_bytes: int
 
 
 class _ApiSource:
@@ -248,6 +409,7 @@ class _ApiSource:
         timeout_s: float | None = None,
         deadline_s: float | None = None,
         max_pages: int = 100,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ):
         from pyzotero import Zotero  # 0.2 s; only commands that reach Zotero pay it
 
@@ -256,12 +418,21 @@ class _ApiSource:
         deadline_s = self.DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
 
         self._deadline = _Deadline(clock, deadline_s)
+        self._timeout_s = timeout_s
         self._max_pages = max_pages
-        inner = _deadline_transport(self._deadline, trust_env=not local)
-        transport = _PoliteTransport(
-            inner, clock=clock, deadline=self._deadline, attempts=attempts, max_wait_s=max_wait_s
+        guarded = _GuardedTransport(
+            _deadline_transport(self._deadline, trust_env=not local), base_url=base_url, max_body_bytes=max_body_bytes
         )
-        client = httpx2.Client(transport=transport, follow_redirects=True, timeout=timeout_s, trust_env=not local)
+        transport = _PoliteTransport(
+            guarded, clock=clock, deadline=self._deadline, attempts=attempts, max_wait_s=max_wait_s
+        )
+        client = httpx2.Client(
+            transport=transport,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            timeout=timeout_s,
+            trust_env=not local,
+        )
         self.base_url = base_url.rstrip("/")
         self._zot: Zotero = Zotero(library_id, library_type, api_key, local=local, client=client)
         self._zot.endpoint = self.base_url
@@ -329,29 +500,50 @@ class _ApiSource:
 
     @contextmanager
     def _errors(self, citekey: str) -> Iterator[None]:
-        """pyzotero and httpx errors, a missed deadline and malformed answers as ZoteroError,
-        with what the user can do about them."""
-        from pyzotero import errors as pz
-
-        def error(message: str) -> ZoteroError:
-            return ZoteroError(message, source=self.name, item=citekey)
-
+        """Every failure of a lookup as a ZoteroError for this citekey (see `_explain`): nothing
+        else escapes, so one bad answer can cost a run no more than this citekey."""
         try:
             yield
-        except (_RateLimited, _OutOfTime, _Paging) as failure:
-            raise error(str(failure)) from None
-        except httpx2.TransportError as failure:
-            if isinstance(failure, httpx2.TimeoutException) and self._out_of_time():
-                raise error(f"no complete answer within {self._deadline.seconds:g} s; try again later") from None
-            raise error(f"{self._unreachable} ({failure})") from failure
-        except pz.UserNotAuthorisedError as failure:
-            raise error(self._forbidden) from failure
-        except pz.ResourceNotFoundError as failure:
-            raise error(self._not_found) from failure
-        except pz.PyZoteroError as failure:
-            raise error(f"Zotero API error: {' '.join(str(failure).split())}") from failure
-        except (AttributeError, KeyError, TypeError, ValueError) as failure:  # JSON of another shape, or none
-            raise error(f"malformed answer from {self.base_url} ({type(failure).__name__}: {failure})") from failure
+        except ZoteroError:
+            raise
+        except Exception as failure:
+            raise ZoteroError(self._explain(failure), source=self.name, item=citekey) from failure
+
+    def _explain(self, failure: Exception) -> str:
+        """What happened, and what the user can do: only a connection that could not be made is
+        "not running"; a dropped one, a redirect loop, a corrupt or oversized body, JSON nested
+        past what a parser takes, or a bug below us each say so."""
+        from pyzotero import errors as pz
+
+        if isinstance(failure, httpx2.TimeoutException) and self._out_of_time():
+            return f"no complete answer within {self._deadline.seconds:g} s; try again later"
+        detail = _detail(failure)
+        url = self.base_url
+        explanations: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+            ((_RateLimited, _OutOfTime, _Paging, _Refused), str(failure)),
+            ((httpx2.ConnectError, httpx2.ConnectTimeout), f"{self._unreachable} ({detail})"),
+            (httpx2.TimeoutException, f"{url} sent nothing for {self._timeout_s:g} s; try again later"),
+            (  # it answered, then the answer broke off
+                (httpx2.NetworkError, httpx2.RemoteProtocolError),
+                f"the connection to {url} broke off before a complete answer ({detail}); try again",
+            ),
+            (httpx2.TooManyRedirects, f"{url} redirected more than {MAX_REDIRECTS} times (a redirect loop?); stopped"),
+            (httpx2.DecodingError, f"the answer from {url} could not be decompressed ({detail})"),
+            (httpx2.RequestError, f"the request to {url} failed ({detail})"),  # a proxy, a protocol…
+            (pz.UserNotAuthorisedError, self._forbidden),
+            (pz.ResourceNotFoundError, self._not_found),
+            (pz.PyZoteroError, f"Zotero API error: {' '.join(str(failure).split())}"),
+            (RecursionError, f"malformed answer from {url}: JSON nested too deeply to read"),
+            (  # JSON of another shape, or none
+                (AttributeError, KeyError, TypeError, ValueError, OverflowError, IndexError),
+                f"malformed answer from {url} ({detail})",
+            ),
+        ]
+        for kinds, explanation in explanations:
+            if isinstance(failure, kinds):
+                return explanation
+        _log.warning("a Zotero lookup at %s failed unexpectedly", url, exc_info=failure)
+        return f"unexpected failure reading {url} ({detail})"
 
     def _out_of_time(self) -> bool:
         try:
@@ -363,6 +555,12 @@ class _ApiSource:
 
 class _Paging(Exception):
     """A listing that would not end; the source turns it into a ZoteroError naming the item."""
+
+
+def _detail(failure: BaseException) -> str:
+    """`Type: message`, or the type alone where the message is empty (httpx's often are)."""
+    message = " ".join(str(failure).split())
+    return f"{type(failure).__name__}: {message}" if message else type(failure).__name__
 
 
 class LocalApiSource(_ApiSource):

@@ -86,6 +86,16 @@ class ZoteroItem:
     library_type: str = "user"
     library_id: str = ""
 
+    def __post_init__(self) -> None:
+        """Text fields must be text: a source that sends a number or an object for a title
+        fails here, for that citekey, not later in a template while a note is written."""
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"{name} is a {type(value).__name__}, not text")
+        if not all(isinstance(tag, str) for tag in self.tags):
+            raise TypeError("tags must be text")
+
     @property
     def authors(self) -> tuple[Creator, ...]:
         """The authors; for an edited volume with none, every creator."""
@@ -95,6 +105,22 @@ class ZoteroItem:
     def zotero_library(self) -> str:
         """The library part of `zotero://` links: `library` for one's own, `groups/ID` else."""
         return f"groups/{self.library_id}" if self.library_type == "group" else "library"
+
+
+_TEXT_FIELDS = (
+    "citekey",
+    "title",
+    "item_type",
+    "key",
+    "date",
+    "year",
+    "abstract",
+    "doi",
+    "url",
+    "publication",
+    "library_type",
+    "library_id",
+)
 
 
 class ZoteroSource(Protocol):

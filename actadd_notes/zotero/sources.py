@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from actadd_notes.vault.config import VaultConfig
 
 __all__ = ["SkippedSource", "find_item", "sources_from_config"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,19 @@ def sources_from_config(config: VaultConfig) -> list[ZoteroSource]:
 
 
 def find_item(citekey: str, sources: Sequence[ZoteroSource]) -> ZoteroItem:
-    """The item from the first source that has it; else one error listing every failure."""
+    """The item from the first source that has it; else one ZoteroError listing every failure.
+    The sources turn their own failures into ZoteroErrors; anything else a source raises (a
+    source from elsewhere, a bug) is listed the same way, so one lookup never escapes as
+    something else and ends a batch of citekeys or a run's publishing."""
     failures: list[str] = []
     for source in sources:
         try:
             return source.find(citekey)
         except ZoteroError as error:
             failures.append(str(error))
+        except Exception as error:
+            _log.warning("Zotero source %s failed on %s", source.name, citekey, exc_info=error)
+            failures.append(f"{source.name} {citekey}: {type(error).__name__}: {error}")
     if not failures:
         raise ZoteroError("no Zotero source is configured (zotero_sources is empty)", item=citekey)
     raise ZoteroError("no Zotero source has it:\n" + "\n".join(f"  - {f}" for f in failures), item=citekey)
