@@ -148,27 +148,38 @@ def test_compare_keeps_the_users_notes_and_never_replaces_a_note_it_did_not_writ
 # --- a full disk -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def full_vault(tmp_path):
-    """A vault on a real 64 KiB tmpfs, filled to the last byte (needs the right to mount)."""
-    vault = tmp_path / "full"
-    vault.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(vault)], capture_output=True)
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A real tmpfs of `size` mounted on `folder` for the block (skips where mounting is not allowed)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode(errors='replace').strip()}")
     try:
-        (vault / ".actadd-notes" / "jobs").mkdir(parents=True)
-        fd = os.open(vault / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 1024):  # unbuffered: the write that finds no room raises here
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        yield vault
+        yield folder
     finally:
-        subprocess.run(["umount", str(vault)], check=False)
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Write into `folder` until the file system has no byte left."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 1024):  # unbuffered: the write that finds no room raises here
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def full_vault(tmp_path):
+    """A vault on a real 64 KiB tmpfs, filled to the last byte."""
+    with tmpfs(tmp_path / "full", "64k") as vault:
+        (vault / ".actadd-notes" / "jobs").mkdir(parents=True)
+        fill(vault)
+        yield vault
 
 
 def test_a_claim_on_a_full_disk_is_a_vault_error_and_leaves_no_file(full_vault):
@@ -301,17 +312,10 @@ def test_a_link_into_the_config_folder_is_refused_as_a_read(example_vault):
 
 @pytest.fixture
 def small_vault(tmp_path):
-    """A vault on a real 200 KiB tmpfs (needs the right to mount)."""
-    vault = tmp_path / "small"
-    vault.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(vault)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
+    """A vault on a real 200 KiB tmpfs."""
+    with tmpfs(tmp_path / "small", "200k") as vault:
         (vault / ".obsidian").mkdir()
         yield vault
-    finally:
-        subprocess.run(["umount", str(vault)], check=False)
 
 
 def test_run_on_a_nearly_full_disk_fails_the_note_with_a_callout_and_no_traceback(small_vault, tiny_model_dir):
@@ -336,14 +340,7 @@ def test_a_real_watcher_on_a_full_disk_logs_the_failed_claim_and_goes_on(small_v
     spec = write_spec(small_vault, "love", tiny_model_dir, status="draft", literature=[])
     watcher = watch_processes(small_vault)
     watcher.wait_for_output("watching ", timeout=90)
-    fd = os.open(small_vault / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 1024):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fill(small_vault)
     text = spec.read_text()
     with open(spec, "r+", encoding="utf-8") as note:  # in place: a full disk still takes an edit of a few bytes
         note.write(text.replace("status: draft", "status: queued", 1))
