@@ -35,10 +35,6 @@ class PromptSplit:
     search: tuple[int, ...]
     confirmation: tuple[int, ...]
 
-    @property
-    def held_out(self) -> bool:
-        return self.design == HELD_OUT
-
     def to_dict(self) -> dict[str, object]:
         return {"design": self.design, "search": list(self.search), "confirmation": list(self.confirmation)}
 

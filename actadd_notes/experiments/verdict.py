@@ -29,6 +29,7 @@ from scipy.special import bdtrc
 
 from actadd_notes.experiments.design import HELD_OUT, HELD_OUT_CLAIM
 from actadd_notes.experiments.metrics import Objective
+from actadd_notes.experiments.prompt_effects import CHANCE_ONE_SIDE
 from actadd_notes.experiments.results import (
     BEATS_PROMPTING,
     DETECTED,
@@ -46,8 +47,6 @@ from actadd_notes.experiments.results import (
     Verdict,
 )
 from actadd_notes.experiments.stats import Difference
-
-CHANCE = 0.025  # a prompt's own 95% interval lies wholly on one side this often when nothing moved
 
 
 def wanted(difference: Difference | None, objective: Objective) -> bool:
@@ -216,7 +215,7 @@ def heterogeneous(spread: Heterogeneity) -> bool:
     binomial test at 5% against 2.5% a prompt). The share by sign alone is not used: with a few
     samples a prompt, half the prompts of an absent effect move each way."""
     beyond = spread.significant_against
-    return beyond > 0 and bool(bdtrc(beyond - 1, spread.prompts, CHANCE) < 0.05)
+    return beyond > 0 and bool(bdtrc(beyond - 1, spread.prompts, CHANCE_ONE_SIDE) < 0.05)
 
 
 def _share(value: float | None) -> str:
