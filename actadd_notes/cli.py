@@ -29,12 +29,15 @@ from actadd_notes.errors import ActaddError
 
 if TYPE_CHECKING:
     from actadd_notes.jobs import JobOutcome, JobRunner
+    from actadd_notes.scaleout.executor import RayExecutor
     from actadd_notes.steering.lm import SteerableLM
+    from actadd_notes.steering.vectors import SteeringVector
     from actadd_notes.vault.config import VaultConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1  # a job failed or was cancelled; click uses 2 for usage errors
+LOCAL_RAY = "local"  # `--ray` with no address
 
 
 def vault_option(function: F) -> F:
@@ -105,12 +108,34 @@ def _check_device(device: str, dtype: str) -> None:
         )
 
 
-def _runner(config: VaultConfig, device: str, dtype: str) -> JobRunner:
+def _runner(config: VaultConfig, device: str, dtype: str, executor: RayExecutor | None = None) -> JobRunner:
     from actadd_notes.jobs import JobRunner, ModelSlot
 
     _check_device(device, dtype)
     announce = lambda line: click.echo(line, err=True)
-    return JobRunner(config, models=ModelSlot(_load_quietly, announce=announce, device=device, dtype=dtype))
+    models = ModelSlot(_load_quietly, announce=announce, device=device, dtype=dtype)
+    return JobRunner(config, models=models, executor=executor)
+
+
+@contextlib.contextmanager
+def _executor(config: VaultConfig, dtype: str, address: str | None, actors: int | None) -> Iterator[RayExecutor | None]:
+    """The Ray executor that `--ray` or the vault's `executor: ray` asks for (None: this process),
+    stopped on the way out. `--ray` without an address is the config's address, else a local instance."""
+    if address is None and config.executor != "ray":
+        yield None
+        return
+    from actadd_notes.scaleout.executor import RayExecutor, RaySettings
+
+    settings = RaySettings(
+        address=config.ray_address if address in (None, LOCAL_RAY) else address,
+        actors=actors or config.ray_actors,
+        gpus_per_actor=config.ray_gpus_per_actor,
+        dtype=dtype,
+    )
+    click.echo(f"starting Ray ({settings.address or 'a local instance'})…", err=True)
+    with RayExecutor(settings) as executor:
+        click.echo(f"Ray: {executor.describe()}", err=True)
+        yield executor
 
 
 def _load_quietly(name: str, **options: Any) -> SteerableLM:
@@ -251,20 +276,38 @@ def cli() -> None:
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @vault_option
 @model_options
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=LOCAL_RAY,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Generate on Ray actors (the `ray` extra): a cluster's address, or none for the vault's or a local one.",
+)
+@click.option(
+    "--actors", type=click.IntRange(min=1), default=None, help="With --ray: how many actors (default: one per GPU)."
+)
 @json_option
-def run(spec: Path, vault: Path | None, device: str, dtype: str, as_json: bool) -> None:
+def run(
+    spec: Path, vault: Path | None, device: str, dtype: str, ray_address: str | None, actors: int | None, as_json: bool
+) -> None:
     """Run the experiment spec note SPEC now and write its results into the vault.
 
     \b
     Example:
       actadd-notes run Experiments/love-hate-sweep.md --device cuda
+      actadd-notes run Experiments/love-hate-sweep.md --ray            # a local Ray instance
+      actadd-notes run Experiments/love-hate-sweep.md --ray head:6379  # a running cluster
     """
     from actadd_notes.jobs import DONE
     from actadd_notes.watcher.lock import JobClaims
 
     config = _config(vault, spec.resolve().parent)
-    runner = _runner(config, device, dtype)
-    with JobClaims(config.root) as claims:
+    if actors is not None and ray_address is None and config.executor != "ray":
+        raise click.UsageError("--actors needs --ray (or `executor: ray` in the vault's actadd-notes.yaml)")
+    with _executor(config, dtype, ray_address, actors) as executor, JobClaims(config.root) as claims:
+        runner = _runner(config, device, dtype, executor)
         if not claims.claim(spec.resolve(), "cli"):
             raise click.ClickException(f"{spec}: another process (a watcher?) is running this experiment")
         outcome = _run_one(runner, spec.resolve())
@@ -299,13 +342,14 @@ def watch(vault: Path | None, poll: bool, debounce_ms: int, device: str, dtype: 
     from actadd_notes.watcher import Watcher
 
     config = _config(vault)
-    with _stopped_by(signal.SIGINT, signal.SIGTERM) as stop:
+    with _stopped_by(signal.SIGINT, signal.SIGTERM) as stop, _executor(config, dtype, None, None) as executor:
         watcher = Watcher(
-            _runner(config, device, dtype),
+            _runner(config, device, dtype, executor),
             debounce_ms=debounce_ms,
             force_polling=poll,
             stop_event=stop,
             log=lambda line: click.echo(f"{datetime.now():%H:%M:%S} {line}", err=True),
+            concurrent=config.concurrent_specs,
         )
         with warnings.catch_warnings():
             # watchdog warns, at length, when a new folder tree (a run's artifacts) gets a watch
@@ -398,17 +442,29 @@ def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, force: boo
 
 
 @cli.command()
-@click.option("--add", "prompt_add", required=True, help="p+, the prompt steered towards.")
-@click.option("--sub", "prompt_sub", required=True, help="p−, the prompt steered away from.")
+@click.option("--add", "prompt_add", help="p+, the prompt steered towards.")
+@click.option("--sub", "prompt_sub", help="p−, the prompt steered away from.")
+@click.option(
+    "--from-pairs",
+    "pairs_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A pairs note (`| add | sub |` rows or `- add | sub` lines): the mean difference at each pair's last "
+    "token instead of --add/--sub; the recommended export for llama.cpp.",
+)
 @click.option(
     "--layer",
     "layers",
     type=int,
-    required=True,
     multiple=True,
     help="Block whose input (resid_pre) is steered; repeat for several layers (gguf only).",
 )
-@click.option("--coeff", type=float, default=1.0, show_default=True, help="Coefficient stored with the vector.")
+@click.option("--coeff", type=float, help="Coefficient stored with a .safetensors vector (default 1).")
+@click.option(
+    "--strength",
+    type=float,
+    help="gguf: the stored direction's norm in residual norms of its layer (default 0.25; negative flips it), "
+    "so that scale 1 is fluent.",
+)
 @click.option("--model", default="embedded", show_default=True, help="`embedded`, a Hugging Face id or a local path.")
 @click.option("--pad-token", default=" ", show_default=True, help="Pads the shorter prompt (one token).")
 @click.option(
@@ -417,74 +473,212 @@ def lit(citekeys: tuple[str, ...], vault: Path | None, refresh: bool, force: boo
     type=click.Choice(["safetensors", "gguf"]),
     default="safetensors",
     show_default=True,
-    help="safetensors: the per-position vector and its provenance. gguf: a llama.cpp control vector "
-    "(--control-vector FILE): per layer, coeff × the vector's mean over positions; layers ≥ 2.",
+    help="safetensors: the per-position vector and its provenance. gguf: a llama.cpp control vector: per layer, "
+    "the mean over the content positions at --strength; layers ≥ 2.",
 )
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="The file to write.")
+@click.option(
+    "--prompt",
+    "prompts",
+    multiple=True,
+    help="A prompt the residual norm is measured on and --check generates from; repeat for several.",
+)
+@click.option("--check", is_flag=True, help="gguf: measure the file in position: all mode (and llama.cpp's).")
+@click.option("--samples", type=click.IntRange(2), default=20, show_default=True, help="--check: samples per prompt.")
+@click.option(
+    "--llama-model",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="--check: the model as GGUF for llama-completion (default: the embedded model's own).",
+)
+@click.option(
+    "--import",
+    "import_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Print what a .gguf or .safetensors vector file holds and whether it fits --model; writes nothing.",
+)
 @model_options
 def vector(
-    prompt_add: str,
-    prompt_sub: str,
+    prompt_add: str | None,
+    prompt_sub: str | None,
+    pairs_file: Path | None,
     layers: tuple[int, ...],
-    coeff: float,
+    coeff: float | None,
+    strength: float | None,
     model: str,
     pad_token: str,
     file_format: str,
-    out: Path,
+    out: Path | None,
+    prompts: tuple[str, ...],
+    check: bool,
+    samples: int,
+    llama_model: Path | None,
+    import_file: Path | None,
     device: str,
     dtype: str,
 ) -> None:
-    """Extract an ActAdd steering vector and save it with its provenance.
+    """Extract a steering vector and save it with its provenance, or (--import) describe a vector file.
 
     --format gguf writes a llama.cpp control vector: our layer l (the input of block l) is
     llama.cpp's direction.(l−1), added to the output of block l−1 at every token, so layers 0
-    and 1 cannot be exported.
+    and 1 cannot be exported. It holds one row per layer: the mean over the positions where both
+    prompts have a real token (rows of padding carry massive activations that would drown the
+    direction), or the mean difference over --from-pairs, stored at --strength residual norms.
 
     \b
     Example:
       actadd-notes vector --add Love --sub Hate --layer 6 --coeff 4 --out love-hate-L6.safetensors
-      actadd-notes vector --add Love --sub Hate --layer 6 --layer 8 --coeff 4 --format gguf --out love-hate.gguf
+      actadd-notes vector --from-pairs pairs.md --layer 6 --format gguf --out love-hate.gguf --check
+      actadd-notes vector --import love-hate.gguf
     """
-    from actadd_notes.steering.control_vectors import (
-        ControlVectorWarning,
-        direction_index,
-        model_hint_of,
-        save_control_vector,
-    )
-    from actadd_notes.steering.vectors import ActAdd
-
-    layers = tuple(dict.fromkeys(layers))
-    if file_format == "safetensors" and len(layers) > 1:
-        raise click.UsageError(
-            "--layer: a .safetensors vector holds one layer; give one --layer, or --format gguf for several"
-        )
-    if file_format == "gguf":
-        for layer in layers:
-            direction_index(layer)  # layers 0 and 1 fail here, before a model loads
+    if import_file is not None:
+        _describe_vector_file(import_file, model, prompts, device, dtype)
+        return
+    _check_vector_options(prompt_add, prompt_sub, pairs_file, layers, file_format, out, coeff, strength, check)
+    assert out is not None
     _check_device(device, dtype)
     lm = _load_quietly(model, device=device, dtype=dtype)
-    vectors = [lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff, pad_token)) for layer in layers]
+    sources = _vector_sources(lm, prompt_add, prompt_sub, pairs_file, layers, coeff, pad_token)
     if file_format == "gguf":
-        with warnings.catch_warnings(record=True) as caught:  # a vector exported as its mean over positions
-            warnings.simplefilter("always", ControlVectorWarning)
-            save_control_vector(out, vectors, model_hint=model_hint_of(lm))
-        for warning in caught:
-            click.echo(f"warning: {warning.message}", err=True)
-        parts = ", ".join(
-            f"layer {v.layer} → direction.{direction_index(v.layer)} (norm {v.scaled().float().mean(dim=0).norm():.1f})"
-            for v in vectors
-        )
-        click.echo(
-            f"{out}: llama.cpp control vector, {len(vectors)} direction(s) × {vectors[0].vector.shape[-1]}: {parts}"
-        )
-        click.echo(f"  run it with: llama-cli -m MODEL.gguf --control-vector {out}")
+        _export_gguf(lm, sources, out, strength, prompts, samples if check else 0)
+        if check:
+            _check_with_llama_cpp(lm, out, prompts, samples, llama_model, model)
         return
-    [steering] = vectors
+    [steering] = sources
     steering.save(out)
     norms = ", ".join(f"{n:.1f}" for n in steering.vector.float().norm(dim=-1).tolist())
     click.echo(
         f"{out}: {steering.positions} position(s) × {steering.vector.shape[-1]}, layer {layers[0]}, norms {norms}"
     )
+
+
+def _check_vector_options(
+    prompt_add: str | None,
+    prompt_sub: str | None,
+    pairs_file: Path | None,
+    layers: tuple[int, ...],
+    file_format: str,
+    out: Path | None,
+    coeff: float | None,
+    strength: float | None,
+    check: bool,
+) -> None:
+    """Refuse a combination of options that cannot work, before a model loads."""
+    from actadd_notes.steering.control_vectors import direction_index
+
+    if pairs_file is not None and (prompt_add is not None or prompt_sub is not None):
+        raise click.UsageError("--from-pairs replaces --add and --sub: give one or the other")
+    needed = [("--add", prompt_add), ("--sub", prompt_sub)] if pairs_file is None else []
+    for name, value in [*needed, ("--layer", layers), ("--out", out)]:
+        if not value:
+            raise click.UsageError(f"Missing option '{name}' (--import FILE describes a file instead)")
+    if file_format == "safetensors":
+        if len(set(layers)) > 1:
+            raise click.UsageError(
+                "--layer: a .safetensors vector holds one layer; give one --layer, or --format gguf for several"
+            )
+        if strength is not None or check:
+            raise click.UsageError("--strength and --check are for --format gguf")
+        return
+    if coeff is not None:
+        raise click.UsageError("--coeff: a gguf export is stored at --strength residual norms; give --strength")
+    for layer in layers:
+        direction_index(layer)  # layers 0 and 1 fail here, before a model loads
+
+
+def _vector_sources(
+    lm: SteerableLM,
+    prompt_add: str | None,
+    prompt_sub: str | None,
+    pairs_file: Path | None,
+    layers: tuple[int, ...],
+    coeff: float | None,
+    pad_token: str,
+) -> list[SteeringVector]:
+    """The ActAdd vector, or the mean difference over the pairs note, at each layer."""
+    from actadd_notes.steering.contrast import pair_differences
+    from actadd_notes.steering.vectors import ActAdd
+    from actadd_notes.vault.notes import Note
+    from actadd_notes.vault.pairs import parse_pairs
+
+    layers = tuple(dict.fromkeys(layers))
+    if pairs_file is None:
+        assert prompt_add is not None and prompt_sub is not None
+        return [lm.steering_vector(ActAdd(prompt_add, prompt_sub, layer, coeff or 1.0, pad_token)) for layer in layers]
+    for layer in layers:
+        lm.check_layer(layer)
+    pairs = parse_pairs(Note.read(pairs_file).body, pairs_file.name)
+    if not pairs:
+        raise click.ClickException(f"{pairs_file}: no pairs — write a table `| add | sub |` or lines `- add | sub`")
+    differences = pair_differences(lm, pairs, pad_token=pad_token)
+    return [differences.vector(layer).with_coeff(coeff or 1.0) for layer in layers]
+
+
+def _describe_vector_file(path: Path, model: str, prompts: tuple[str, ...], device: str, dtype: str) -> None:
+    """`--import`: the file is read and checked before the model loads."""
+    from actadd_notes.experiments.exports import DEFAULT_PROMPTS, describe_file
+    from actadd_notes.steering.vector_files import VectorFile
+
+    read = VectorFile.read(path)
+    _check_device(device, dtype)
+    lm = _load_quietly(model, device=device, dtype=dtype)
+    for line in describe_file(read, lm, prompts or DEFAULT_PROMPTS):
+        click.echo(line)
+
+
+def _export_gguf(
+    lm: SteerableLM,
+    sources: list[SteeringVector],
+    out: Path,
+    strength: float | None,
+    prompts: tuple[str, ...],
+    samples: int,
+) -> None:
+    """Write the control vector, say what it holds and at what strength, and (samples > 0) measure it."""
+    from actadd_notes.experiments.exports import (
+        DEFAULT_PROMPTS,
+        DEFAULT_STRENGTH,
+        SCALE_RANGE,
+        check_vectors,
+        export_vectors,
+    )
+    from actadd_notes.steering.control_vectors import direction_index, model_hint_of, save_control_vector
+
+    used = prompts or DEFAULT_PROMPTS
+    export = export_vectors(lm, sources, strength=DEFAULT_STRENGTH if strength is None else strength, prompts=used)
+    save_control_vector(out, export.vectors, model_hint=model_hint_of(lm), units=export.units)
+    parts = ", ".join(
+        f"layer {v.layer} → direction.{direction_index(v.layer)} ({export.units['positions'][str(v.layer)]})"
+        for v in export.vectors
+    )
+    width = export.vectors[0].vector.shape[-1]
+    click.echo(f"{out}: llama.cpp control vector, {len(export.vectors)} direction(s) × {width}: {parts}")
+    click.echo(
+        f"  stored at {export.units['strength']:g} residual norms of each layer (norm "
+        + ", ".join(f"{float(v.vector.norm()):.1f}" for v in export.vectors)
+        + f"); scale 1 is that strength, try {SCALE_RANGE[0]:g}–{SCALE_RANGE[1]:g}"
+    )
+    click.echo(f"  run it with: llama-completion -m MODEL.gguf --control-vector-scaled {out}:1 -p PROMPT")
+    if samples:
+        click.echo("  " + check_vectors(lm, export.vectors, used, samples=samples).line())
+
+
+def _check_with_llama_cpp(
+    lm: SteerableLM, out: Path, prompts: tuple[str, ...], samples: int, llama_model: Path | None, model: str
+) -> None:
+    """The same measurement through llama.cpp, where `llama-completion` is on PATH."""
+    from actadd_notes.experiments.exports import DEFAULT_PROMPTS
+    from actadd_notes.experiments.llama_cpp import BINARY, find_llama_completion, llama_cpp_check
+    from actadd_notes.steering.models import embedded_gguf
+
+    binary = find_llama_completion()
+    if binary is None:
+        click.echo(f"  llama.cpp: no {BINARY} on PATH — the cross-engine check is skipped")
+        return
+    if llama_model is None and model != "embedded":
+        click.echo("  llama.cpp: give --llama-model MODEL.gguf for the cross-engine check")
+        return
+    gguf_model = llama_model or embedded_gguf()
+    click.echo("  " + llama_cpp_check(lm, binary, gguf_model, out, prompts or DEFAULT_PROMPTS, samples=samples).line())
 
 
 @cli.command()

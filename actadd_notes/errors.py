@@ -8,7 +8,8 @@
     │   └── ConflictError   the note changed on disk under us and could not be merged
     ├── TemplateError       a Jinja template failed (names file and line)
     ├── Cancelled           a run was cancelled (the note's status set to `cancelled`)
-    └── ZoteroError         a Zotero source failed or does not know an item
+    ├── ZoteroError         a Zotero source failed or does not know an item
+    └── ScaleOutError       Ray is missing, unreachable, or lost a shard too often
 
 `note_context(path)` prefixes any ActaddError raised inside it with the note, so a
 message reads ``Experiments/love.md: layer: 40 — SmolLM2-135M-Instruct has layers 0–29``.
@@ -88,3 +89,7 @@ def note_context(path: str | Path) -> Iterator[None]:
         if error.note is None:
             error.note = str(path)
         raise
+
+
+class ScaleOutError(ActaddError):
+    """Running on Ray failed: the package is missing, the cluster unreachable, or a shard kept being lost."""

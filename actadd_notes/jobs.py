@@ -18,12 +18,13 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actadd_notes.errors import ActaddError, Cancelled, ConflictError, SpecError, note_context
+from actadd_notes.errors import ActaddError, Cancelled, ConflictError, SpecError, VaultError, note_context
 from actadd_notes.experiments.spec import ExperimentSpec, parse_spec
 from actadd_notes.publish import Publisher, Run
 from actadd_notes.vault.config import VaultConfig
@@ -35,6 +36,7 @@ from actadd_notes.vault.templates import TemplateRenderer
 
 if TYPE_CHECKING:
     from actadd_notes.experiments.results import ExperimentResult
+    from actadd_notes.experiments.rows import Executor
     from actadd_notes.steering.lm import SteerableLM
     from actadd_notes.watcher.events import SelfWrites
 
@@ -115,8 +117,10 @@ class JobRunner:
         self_writes: SelfWrites | None = None,
         clock: Callable[[], datetime] = datetime.now,
         zotero_sources: list[Any] | None = None,
+        executor: Executor | None = None,
     ):
         self.config = config
+        self.executor = executor  # None: rows generated in this process
         self.models = models or ModelSlot()
         self.renderer = renderer or TemplateRenderer.for_vault(config)
         self.self_writes = self_writes
@@ -200,7 +204,12 @@ class JobRunner:
         """Run the spec note at `path` now, whatever its status; returns how it ended.
 
         `interrupted()` turning true (shutdown) stops at the next batch and re-queues the job;
-        the user setting `status: cancelled` stops it and leaves it cancelled."""
+        the user setting `status: cancelled` stops it and leaves it cancelled. Jobs of one runner
+        may run on several threads when its executor takes turns (`scaleout/executor.py`)."""
+        with self.executor.turn() if self.executor is not None else nullcontext():
+            return self._run(path, progress, interrupted)
+
+    def _run(self, path: Path, progress: Progress | None, interrupted: Callable[[], bool] | None) -> JobOutcome:
         path = path.resolve()
         name = self.config.relative(path)
         with note_context(name):
@@ -214,8 +223,9 @@ class JobRunner:
         try:
             with note_context(name):
                 spec, warnings = parse_spec(
-                    dict(note.properties), note.body, note=name, resolve_pairs=self._pairs, resolve_file=self._data_file
-                )
+                    dict(note.properties), note.body, note=name, resolve_pairs=self._pairs,
+                    resolve_file=self._data_file, resolve_vector=self._vector_file,
+                )  # fmt: skip
                 check_note_name(self.config.root, path)  # its result note and journal line must link to it
         except ActaddError as error:
             return self.fail(path, error)
@@ -288,6 +298,7 @@ class JobRunner:
             cancelled=lambda: interrupted() or self.status_of(path) == CANCELLED,
             provenance=self._provenance(path),
             note=self.config.relative(path),
+            executor=self.executor,
         )
 
     def _pairs(self, link: str) -> tuple[str, list[tuple[str, str]]]:
@@ -302,6 +313,18 @@ class JobRunner:
         from actadd_notes.vault.data_files import resolve_data_file
 
         return resolve_data_file(self.config, link)
+
+    def _vector_file(self, link: str) -> Path:
+        """A spec's `vector: "[[Vectors/x.gguf]]"`: a .gguf or .safetensors file's path, inside the vault."""
+        from actadd_notes.steering.vector_files import VECTOR_SUFFIXES
+        from actadd_notes.vault.data_files import resolve_link
+
+        path = resolve_link(self.config, link)
+        if path.suffix.lower() not in VECTOR_SUFFIXES:
+            raise VaultError(
+                f"{link}: {path.name!r} is not a vector file — link a .gguf or .safetensors file", path=link
+            )
+        return path
 
     def _provenance(self, path: Path) -> dict[str, Any]:
         extra = {"spec_note": self.config.relative(path)}

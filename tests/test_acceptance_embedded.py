@@ -103,7 +103,7 @@ def test_the_baseline_is_sampling_matched_and_the_confirmation_uses_fresh_seeds(
 
 def test_the_run_produces_every_artifact(love_hate):
     results, rows, folder = love_hate
-    assert results["schema"] == "actadd-notes/results/v3"
+    assert results["schema"] == "actadd-notes/results/v4"
     assert len(rows) == 21 * 20 + 4 * 60
     for plot in ("heatmap.png", "sentiment-vs-coeff.png", "perplexity-vs-coeff.png", "objective-vs-fluency.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -4,6 +4,8 @@ from what happens to be imported at run time:
 - `steering/` (the engine) imports nothing of experiments/, vault/, zotero/ or the product;
 - `experiments/` imports no vault/, zotero/ or watcher/;
 - `vault/` and `zotero/` import no torch, transformers, engine or experiments;
+- `scaleout/` (Ray) imports no vault/, zotero/ or product: workers never write notes; and only
+  scaleout/ (and the product, which starts it) imports ray, so everything works without the extra;
 - the import graph of the package has no cycles (imports under `if TYPE_CHECKING:` excepted:
   they never run).
 """
@@ -78,19 +80,47 @@ def _violations(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_engine_knows_nothing_of_experiments_vaults_or_the_product():
-    forbidden = ("actadd_notes.experiments", "actadd_notes.vault", "actadd_notes.zotero", *PRODUCT)
+    forbidden = (
+        "actadd_notes.experiments",
+        "actadd_notes.scaleout",
+        "actadd_notes.vault",
+        "actadd_notes.zotero",
+        *PRODUCT,
+    )
     assert _violations("actadd_notes.steering", forbidden) == []
 
 
 def test_experiments_know_no_vault():
-    forbidden = ("actadd_notes.vault", "actadd_notes.zotero", *PRODUCT)
+    forbidden = ("actadd_notes.vault", "actadd_notes.zotero", "actadd_notes.scaleout", *PRODUCT)
     assert _violations("actadd_notes.experiments", forbidden) == []
+
+
+def test_ray_workers_know_no_vault_and_only_scaleout_imports_ray():
+    assert _violations("actadd_notes.scaleout", ("actadd_notes.vault", "actadd_notes.zotero", *PRODUCT)) == []
+    importing_ray = {
+        module for module, (everything, _) in IMPORTS.items() if any(n.split(".")[0] == "ray" for n in everything)
+    }
+    assert importing_ray and all(module.startswith("actadd_notes.scaleout") for module in importing_ray)
+    assert not any(  # imported where a Ray run starts, never at module level
+        n.split(".")[0] == "ray" for module in importing_ray for n in top_level_imports(MODULES[module])
+    )
 
 
 @pytest.mark.parametrize("layer", ["actadd_notes.vault", "actadd_notes.zotero"])
 def test_the_vault_and_zotero_import_no_torch_and_no_engine(layer):
     forbidden = ("torch", "transformers", "actadd_notes.steering", "actadd_notes.experiments", *PRODUCT)
     assert _violations(layer, forbidden) == []
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
 
 
 def test_the_import_graph_has_no_cycles():

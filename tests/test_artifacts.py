@@ -27,6 +27,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROMPTS = ["I hate you because", "The weather today is nice and"]
 EXTRA = {"add": "Happy people", "sub": "Sad", "layer": 1, "coeff": 0.5}
 
+# every score of the `grid` fixture's rows: the guard's three, its metrics and their rates
+GRID_SCORES = {
+    "perplexity",
+    "repetition",
+    "special_tokens",
+    "sentiment",
+    "profanity",
+    "kl",
+    "positive_rate",
+    "profane_rate",
+}
+
 
 def spec_of(**overrides):
     properties = {
@@ -85,7 +97,7 @@ def bayes(llama):
 # ------------------------------------------------------------------ results.json
 def test_results_json_is_versioned_strict_json(grid, grid_files):
     data = strict_json(grid_files[RESULTS])
-    assert data["schema"] == SCHEMA == "actadd-notes/results/v3"
+    assert data["schema"] == SCHEMA == "actadd-notes/results/v4"
     assert data["spec_hash"] == grid.spec.spec_hash()
     assert data["search"] == "grid"
     assert data["objective"] == {"metric": "sentiment", "score": "sentiment", "direction": "maximize"}
@@ -102,14 +114,7 @@ def test_results_json_holds_baseline_settings_cis_and_findings(grid, grid_files)
         (s.setting.layer, s.setting.coeff) for s in grid.settings
     ]
     for setting in data["settings"]:
-        assert set(setting["metrics"]) == {
-            "perplexity",
-            "sentiment",
-            "profanity",
-            "kl",
-            "positive_rate",
-            "profane_rate",
-        }
+        assert set(setting["metrics"]) == GRID_SCORES
         for summary in setting["metrics"].values():
             assert {"mean", "ci_low", "ci_high", "n"} <= set(summary)
         assert setting["differences"]["sentiment"]["method"] == "stratified"  # two prompts: fixed strata
@@ -165,6 +170,8 @@ def test_completions_csv_has_one_row_per_sample(grid, grid_files):
         "seed",
         "completion",
         "perplexity",
+        "repetition",
+        "special_tokens",
         "sentiment",
         "profanity",
         "positive_rate",
@@ -290,7 +297,7 @@ def test_no_best_setting_means_no_vectors(llama):
 # ------------------------------------------------------------------ settings.csv (tidy)
 def test_settings_csv_is_one_row_per_stage_setting_and_score(grid, grid_files):
     rows = list(csv.DictReader(io.StringIO(grid_files[SETTINGS].decode())))
-    scores = {"perplexity", "sentiment", "profanity", "kl", "positive_rate", "profane_rate"}
+    scores = GRID_SCORES
     assert len(rows) == (1 + len(grid.settings) + 4) * len(scores)
     assert {r["effect"] for r in rows} == {grid.effect}
     search = [r for r in rows if r["stage"] == "search" and r["score"] == "sentiment"]

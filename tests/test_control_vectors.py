@@ -5,6 +5,7 @@ same logits as adding our vector at the input of block N + 1 with `position: all
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -324,19 +325,22 @@ def invoke(*args: str | Path):
 def test_vector_format_gguf_writes_one_direction_per_layer(tmp_path, five_block_dir, lm):
     out = tmp_path / "love-hate.gguf"
     result = invoke(
-        "vector", "--add", "Love", "--sub", "Hate", "--layer", "2", "--layer", "4", "--coeff", "4",
+        "vector", "--add", "Love", "--sub", "Hate", "--layer", "2", "--layer", "4", "--strength", "0.5",
         "--model", five_block_dir, "--format", "gguf", "--out", out, "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{out}: llama.cpp control vector, 2 direction(s) × {WIDTH}: layer 2 → direction.1")
-    assert f"llama-cli -m MODEL.gguf --control-vector {out}" in result.stdout
-    assert result.stderr.count("warning: layer ") == 2 and "has 2 positions" in result.stderr
+    assert f"llama-completion -m MODEL.gguf --control-vector-scaled {out}:1" in result.stdout
+    assert "stored at 0.5 residual norms" in result.stdout and "warning" not in result.stderr
     reader = read(out)
     assert [t.name for t in reader.tensors] == ["direction.1", "direction.3"]
     assert field_value(reader, "controlvector.model_hint")[0] == "llama"
+    units = json.loads(field_value(reader, "actadd_notes.units")[0])
     for tensor, layer in zip(reader.tensors, (2, 4)):
-        expected = lm.steering_vector(ActAdd("Love", "Hate", layer, 4.0)).scaled().mean(dim=0)
-        assert np.array_equal(tensor.data, expected.numpy())
+        content = lm.steering_vector(ActAdd("Love", "Hate", layer, 1.0)).vector[:1].mean(dim=0)  # "Love" is 1 token
+        direction = torch.from_numpy(np.array(tensor.data))
+        assert torch.nn.functional.cosine_similarity(direction, content, dim=0) > 0.9999
+        assert direction.norm().item() == pytest.approx(0.5 * units["residual_norm"][str(layer)], rel=1e-4)
 
 
 def test_vector_keeps_safetensors_as_the_default_with_one_layer(tmp_path, tiny_model_dir):

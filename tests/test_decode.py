@@ -161,6 +161,7 @@ def test_a_sweep_prefills_each_setting_once_and_gives_generates_tokens(position)
             Sampling(**PAPER),
             10,
             position,
+            lm.stop_ids(),
         )
     finally:
         handle.remove()
@@ -249,6 +250,7 @@ def test_the_generation_record_says_how_rows_were_batched():
         "generation_dtype": "float32",
         "generation_device": "cpu",
         "generation_sampler": "sample_tokens (sort top-p, sparse seeded Gumbel noise)",
+        "generation_stop_ids": "2 <eos>",
     }
     lm.complete(prompts, max_new_tokens=2, batch_size=64, decode="eager", **PAPER)
     record = lm.last_generation.to_record()

@@ -100,7 +100,7 @@ def test_a_mean_difference_run_says_its_method_and_pairs(llama):
         ({"method": "mean_difference", "pairs": [{"add": "a", "sub": "a"}]}, "pairs", "would be zero"),
         ({"method": "mean_difference", "pairs": [{"add": "a", "sub": "b"}], "position": "front"}, "position", "all"),
         ({"method": "mean_difference", "pairs": "[[Pairs/x]]"}, "pairs", "needs a vault"),
-        ({"method": "caa"}, "method", "expected actadd or mean_difference"),
+        ({"method": "caa"}, "method", "expected one of actadd, mean_difference, vector"),
         ({"offset": -1}, "offset", "whole number ≥ 0"),
         ({"offset": 1, "align": "I hate"}, "align", "not both"),
         ({"align": "I", "position": "all"}, "align", "position: all"),

@@ -22,6 +22,7 @@ from tiny import (
 )
 
 from actadd_notes.errors import Cancelled, SpecError
+from actadd_notes.experiments.degeneration import REPETITION, SPECIAL_TOKENS
 from actadd_notes.experiments.metrics import PERPLEXITY, Objective
 from actadd_notes.experiments.pipeline import run_experiment
 from actadd_notes.experiments.results import SEARCH, Setting, SettingResult, pick_best
@@ -84,7 +85,7 @@ def test_a_grid_gives_a_baseline_and_one_result_per_setting_with_cis(family, lla
     assert [s.setting for s in result.settings] == [Setting(l, float(c)) for l in LAYERS for c in COEFFS]
     n = len(PROMPTS) * SAMPLES
     for setting in [result.baseline, *result.settings]:
-        assert set(setting.metrics) == {PERPLEXITY, "sentiment", "positive_rate", "kl"}
+        assert set(setting.metrics) == {PERPLEXITY, REPETITION, SPECIAL_TOKENS, "sentiment", "positive_rate", "kl"}
         for name, summary in setting.metrics.items():
             assert isinstance(summary, Summary)
             assert summary.n == (len(PROMPTS) if name == "kl" else n), name  # kl: one per prompt

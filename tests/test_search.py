@@ -4,6 +4,7 @@ evaluator whose scores are a known function of the setting, to test the constrai
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from tiny import (
@@ -164,8 +165,10 @@ class FakeEvaluator:
     (1.5) |coeff| > 5 is rejected, so the best feasible value is 5. Above `missing` the objective
     has no value (as when every score is non-finite)."""
 
-    def __init__(self, spec, missing: float = math.inf):
+    def __init__(self, spec, missing: float = math.inf, parallelism: int = 1, loops_above: float = math.inf):
         self.limit, self.missing, self.rounds = spec.max_perplexity_ratio, missing, []
+        self.loops_above = loops_above  # settings above this coeff fail the repetition guard, not perplexity
+        self.rows = SimpleNamespace(parallelism=parallelism)  # how many workers generate rows at once
 
     def evaluate(self, settings):
         self.rounds.append(list(settings))
@@ -174,8 +177,13 @@ class FakeEvaluator:
             value = None if setting.coeff > self.missing else setting.coeff
             ratio = 1 + abs(setting.coeff) / 10
             summary = Summary(value, value, value, 0 if value is None else 1, None, 0, 0.95)
+            failed = (("perplexity",) if ratio > self.limit else ()) + (
+                ("repetition",) if setting.coeff > self.loops_above else ()
+            )
             results.append(
-                SettingResult(setting, {"sentiment": summary}, perplexity_ratio=ratio, rejected=ratio > self.limit)
+                SettingResult(
+                    setting, {"sentiment": summary}, perplexity_ratio=ratio, rejected=bool(failed), rejected_for=failed
+                )
             )
         return results
 
@@ -197,6 +205,14 @@ def test_the_constraint_keeps_the_best_feasible_on_a_known_landscape():
     assert max(t["value"] for t in log) > best["value"]  # an infeasible trial scored higher
 
 
+def test_rounds_grow_with_the_workers_that_generate_them():
+    spec = bayes_spec(layer=[0, 3], coeff=[-10, 10], trials=14)
+    for workers, rounds in [(1, [4, 4, 4, 2]), (2, [4, 4, 4, 2]), (3, [6, 6, 2])]:
+        evaluator = FakeEvaluator(spec, parallelism=workers)
+        run_bayes(spec, evaluator, Objective("sentiment", "maximize"))
+        assert [len(r) for r in evaluator.rounds] == rounds
+
+
 def test_tpe_is_told_the_constraint():
     """Told that |coeff| > 5 fails, TPE proposes fewer such settings once past its random start."""
     *_, constrained, _ = landscape(1.5)
@@ -204,6 +220,17 @@ def test_tpe_is_told_the_constraint():
     assert [t["coeff"] for t in constrained[:4]] == [t["coeff"] for t in free[:4]]  # same random start
     beyond = [sum(t["coeff"] > 5 for t in log[12:]) for log in (constrained, free)]
     assert beyond[0] < beyond[1], beyond
+
+
+def test_tpe_is_told_that_loops_are_infeasible_too():
+    """Settings above c = 3 loop (the repetition guard) while their perplexity passes: TPE steers away."""
+    spec = bayes_spec(layer=[0, 3], coeff=[-10, 10], trials=22, max_perplexity_ratio=100)
+    objective = Objective("sentiment", "maximize")
+    _, looping, _, _ = run_bayes(spec, FakeEvaluator(spec, loops_above=3), objective)
+    _, free, _, _ = run_bayes(spec, FakeEvaluator(spec), objective)
+    beyond = [sum(t["coeff"] > 3 for t in log[12:]) for log in (looping, free)]
+    assert beyond[0] < beyond[1], beyond
+    assert all(not t["feasible"] for t in looping if t["coeff"] > 3)
 
 
 def test_a_trial_without_an_objective_value_is_logged_not_fatal():

@@ -84,6 +84,11 @@ def test_example_parses_to_typed_fields():
     assert spec.unknown == {"type": "actadd-experiment"}
 
 
+def test_a_space_for_p_minus_subtracts_the_padding_alone():
+    spec, _ = parse(prompt_sub=" ")
+    assert spec.prompt_sub == " "
+
+
 def test_single_values_count_as_lists():
     spec, _ = parse(layer=6, coeff=-4, prompts="Once upon a time", metrics="profanity")
     assert (spec.layers, spec.coeffs, spec.prompts) == ((6,), (-4.0,), ("Once upon a time",))
@@ -153,9 +158,15 @@ GREEDY = "must be ≥ 0.001 — for the likeliest token every time, use top_k: 1
         ({"prompt_add": 5}, "prompt_add", "prompt_add: 5 must be a string — quote it"),
         ({"prompt_add": None}, "prompt_add", "prompt_add: missing — give the text whose activations are added"),
         (
+            {"prompt_sub": ""},  # the engine has no empty prompt: the pad token alone is written out
+            "prompt_sub",
+            "prompt_sub: is empty — give a non-empty string; for the padding alone write one space, "
+            'prompt_sub: " " (the pad token)',
+        ),
+        (
             {"prompt_sub": None},
             "prompt_sub",
-            'prompt_sub: missing — give the text whose activations are subtracted ("" for padding alone)',
+            'prompt_sub: missing — give the text whose activations are subtracted (" " for padding alone)',
         ),
         ({"layer": None}, "layer", "layer: missing — give a layer number or a list such as [2, 4, 6]"),
         ({"coeff": None}, "coeff", "coeff: missing — give a number or a list such as [1, 2, 4]"),

@@ -1,5 +1,5 @@
 """Tiny builders for engine tests: a byte-level BPE tokenizer trained in memory and 3-layer
-randomly initialised causal LMs of eleven families. Nothing is downloaded; everything is
+randomly initialised causal LMs of twelve families. Nothing is downloaded; everything is
 seeded, float32 and in eval mode, so two builds of the same family are bit-identical."""
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ FAMILIES = (
     "gemma",
     "gemma2",
     "phi3",
+    "gemma3_text",
 )
 
 # where find_blocks must find each family's decoder blocks
@@ -59,6 +60,7 @@ BLOCK_PATH = {
     "gemma": "model.layers",
     "gemma2": "model.layers",
     "phi3": "model.layers",
+    "gemma3_text": "model.layers",
 }
 
 N_LAYERS = 3
@@ -161,6 +163,14 @@ def tiny_config(family: str):
         return t.Gemma2Config(**llama_like, head_dim=8, sliding_window=256)
     if family == "phi3":
         return t.Phi3Config(**llama_like)
+    return _later_family_config(family)
+
+
+def _later_family_config(family: str):
+    """Families added after the first eleven (their branches would make `tiny_config` too long); Gemma 3
+    goes by its text model's `model_type`, as the decode loop's family list does."""
+    if family == "gemma3_text":
+        return gemma3_config(sliding_window=256)
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -218,3 +228,35 @@ def tiny_threads():
     """Import into a test module (`from tiny import tiny_threads`) to run it on one thread."""
     with one_torch_thread():
         yield
+
+
+def tiny_chat_tokenizer():
+    """`tiny_tokenizer` that knows the chat template's `<|end|>` as a special token (id `vocab_size()`),
+    as instruction-tuned tokenizers know `<end_of_turn>` or `<|eot_id|>`; models need one more row."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    return tokenizer
+
+
+def gemma3_config(*, sliding_window: int, layers: int = N_LAYERS):
+    """A tiny Gemma 3 text model: sliding-window layers around a global one (`layer_types`), query-key
+    norms, four norms per block, tied embeddings scaled by √hidden, and separate rope bases per kind."""
+    import transformers as t
+
+    kinds = ["sliding_attention", "full_attention"]
+    return t.Gemma3TextConfig(
+        vocab_size=vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        sliding_window=sliding_window,
+        layer_types=[kinds[layer % 2] for layer in range(layers)],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=INIT,
+    )

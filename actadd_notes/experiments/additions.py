@@ -1,6 +1,6 @@
 """What each row of a setting adds to the residual stream: the steering vector (a prompt pair's,
-or the mean over contrast pairs), its random-direction control, where a front addition starts,
-and the coefficient actually applied.
+the mean over contrast pairs, or a file's direction at that layer), its random-direction control,
+where a front addition starts, and the coefficient actually applied.
 
 The control gives every row its own random direction (seeded by the spec's seed, the layer, the
 prompt and the sample), each with the steering vector's per-position norms: how much a random
@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from actadd_notes.errors import SpecError
+from actadd_notes.errors import SpecError, SteeringError
 from actadd_notes.experiments.results import Setting
 from actadd_notes.experiments.spec import ExperimentSpec
 from actadd_notes.steering.contrast import PairDifferences, pair_differences
@@ -91,6 +91,7 @@ class Additions:
         self.spec = spec
         self.lm = lm
         self._pairs: PairDifferences | None = None
+        self._from_file: dict[int, SteeringVector] = {}
         self._norms: ResidualNorms | None = None
         self._aligned: dict[int, int] = {}
         self._controls: dict[tuple[int, int, int, int], SteeringVector] = {}
@@ -102,7 +103,21 @@ class Additions:
         spec = self.spec
         if spec.method == "mean_difference":
             return self.pairs().vector(layer)
+        if spec.method == "vector":
+            return self.from_file(layer)
         return self.lm.steering_vector(ActAdd(spec.prompt_add, spec.prompt_sub, layer, 1.0, spec.pad_token, offset))
+
+    def from_file(self, layer: int) -> SteeringVector:
+        """The vector file's direction at `layer`, [1, d]: what one unit of coeff adds at every position."""
+        if layer not in self._from_file:
+            assert self.spec.vector_file is not None
+            read = self.spec.vector_file
+            direction = torch.from_numpy(read.directions[layer].copy())[None, :]
+            provenance = {"method": "vector", "source": read.path.name, "format": read.kind, "sha256": read.sha256}
+            self._from_file[layer] = SteeringVector(
+                direction, layer, prompt_add=f"{read.path.name} at layer {layer}", provenance=provenance
+            )
+        return self._from_file[layer]
 
     def pairs(self) -> PairDifferences:
         if self._pairs is None:
@@ -156,8 +171,15 @@ class Additions:
         return self._aligned[prompt_index]
 
     def check_fits(self) -> None:
-        """Refuse, before any generation, a front addition that would run past a prompt's end."""
+        """Refuse, before any generation, a vector file for another model, and a front addition that would run
+        past a prompt's end."""
         spec = self.spec
+        if spec.vector_file is not None:
+            hidden = int(self.lm.model.get_input_embeddings().weight.shape[-1])
+            try:
+                spec.vector_file.check_fits(hidden, self.lm.num_layers, self.lm.short_name)
+            except SteeringError as error:
+                raise SpecError(str(error), key="vector") from None
         if spec.position != "front" or spec.method != "actadd":
             return
         latest = max(spec.offsets) if spec.offset_range is None else spec.offset_range[1]

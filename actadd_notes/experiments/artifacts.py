@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from actadd_notes.experiments.degeneration import REPETITION, SPECIAL_TOKENS
 from actadd_notes.experiments.metrics import PERPLEXITY, REGISTRY, rate_names
 from actadd_notes.experiments.plots import plots
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, ExperimentResult, SettingResult
@@ -52,10 +53,11 @@ def json_safe(value: Any) -> Any:
 
 
 def _score_names(result: ExperimentResult) -> list[str]:
-    """Per-completion scores: perplexity (the guard's), then the spec's text metrics in order
-    (kl is per prompt, not per row)."""
+    """Per-completion scores: the guard's (perplexity, repetition, special-token rate), then the spec's
+    text metrics in order (kl is per prompt, not per row)."""
     names = [REGISTRY[m].score_name for m in result.spec.metrics if m != "kl"]
-    return list(dict.fromkeys([PERPLEXITY, *names, *rate_names(result.spec.metrics)]))
+    guarded = [PERPLEXITY, REPETITION, SPECIAL_TOKENS]
+    return list(dict.fromkeys([*guarded, *names, *rate_names(result.spec.metrics)]))
 
 
 def completions_csv(result: ExperimentResult) -> bytes:
@@ -79,7 +81,7 @@ def settings_csv(result: ExperimentResult) -> bytes:
     columns = [
         "stage", "setting", "layer", "coeff", "control", "score", "is_objective", "mean", "ci_low", "ci_high",
         "n", "difference", "difference_ci_low", "difference_ci_high", "p_value", "p_holm", "perplexity_ratio",
-        "rejected", "is_best", "effect",
+        "rejected", "rejected_for", "is_best", "effect",
     ]  # fmt: skip
     rows: list[tuple[str, SettingResult]] = [(SEARCH, result.baseline), *((SEARCH, s) for s in result.settings)]
     if result.confirmation is not None:
@@ -100,7 +102,8 @@ def settings_csv(result: ExperimentResult) -> bytes:
                 _cell(d.ci_high if d else None), _cell(d.p_value if d else None),
                 _cell(row.p_holm if score == result.objective.column else None),
                 _cell(None if row.setting.is_baseline else row.perplexity_ratio),
-                row.rejected, row.setting == best and not row.setting.control, result.effect,
+                row.rejected, "; ".join(row.rejected_for), row.setting == best and not row.setting.control,
+                result.effect,
             ])  # fmt: skip
     return buffer.getvalue().encode()
 

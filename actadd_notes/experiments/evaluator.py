@@ -13,31 +13,39 @@ metrics judge both the same way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from actadd_notes.errors import Cancelled
 from actadd_notes.experiments.additions import Additions
-from actadd_notes.experiments.design import prompting_text
+from actadd_notes.experiments.degeneration import (
+    REPETITION,
+    SPECIAL_TOKENS,
+    flagged_text,
+    non_text_ids,
+    repetition,
+    special_token_rate,
+)
 from actadd_notes.experiments.metrics import PERPLEXITY, Metric, Objective, build_text_metrics, rate_scores
-from actadd_notes.experiments.results import Sample, Setting, SettingResult
+from actadd_notes.experiments.results import (
+    PERPLEXITY_GUARD,
+    REPETITION_GUARD,
+    SPECIAL_TOKENS_GUARD,
+    Sample,
+    Setting,
+    SettingResult,
+)
+from actadd_notes.experiments.rows import LocalRows, Row, RowRunner, as_continuations, row_seed, row_text
 from actadd_notes.experiments.spec import ExperimentSpec
 from actadd_notes.experiments.stats import stratified_difference, summarize
-from actadd_notes.steering.lm import Addition, Completion, SteerableLM
+from actadd_notes.steering.lm import Addition, SteerableLM
 
 ProgressCallback = Callable[[int, int, str], None]
 Scores = dict[str, tuple[list[float], list[int]]]  # score name → (values, prompt index of each value)
-_PROMPT_STRIDE = 100_003  # sample indexes below this never collide across prompts
-
-
-def row_seed(seed: int, prompt_index: int, sample: int) -> int:
-    """The sampling seed of row (prompt, sample); distinct for distinct rows of one spec."""
-    if not 0 <= sample < _PROMPT_STRIDE:
-        raise ValueError(f"sample index {sample} out of range")
-    return (seed * 1_000_003 + prompt_index * _PROMPT_STRIDE + sample) % 2**32
 
 
 @dataclass
@@ -50,9 +58,12 @@ class Progress:
     done: int = 0
 
     def batch(self, done_in_call: int) -> None:
+        self.check()
+        self.report("generating", done_in_call)
+
+    def check(self) -> None:
         if self.cancelled is not None and self.cancelled():
             raise Cancelled("cancelled")
-        self.report("generating", done_in_call)
 
     def report(self, stage: str, extra: int = 0) -> None:
         if self.callback is not None:
@@ -75,6 +86,7 @@ class Evaluator:
         metrics: Sequence[Metric] | None = None,
         additions: Additions | None = None,
         prompts: Sequence[int] | None = None,
+        rows: RowRunner | None = None,
     ):
         self.spec = spec
         self.prompt_indices = tuple(prompts) if prompts is not None else tuple(range(len(spec.prompts)))
@@ -90,6 +102,7 @@ class Evaluator:
         self._baseline_scores: Scores = {}
         self._baseline_logits: torch.Tensor | None = None
         self.additions = additions or Additions(spec, lm)
+        self.rows = rows or LocalRows(lm, self.additions)
         self._values: dict[Setting, Scores] = {}
         self._records: list[dict[str, str]] = []
 
@@ -110,50 +123,39 @@ class Evaluator:
             todo.insert(0, Setting())
         prompts_of = self.prompt_indices
         # rows carry their setting's position in `todo`: a search may propose one setting twice
-        rows = [
+        positions = [
             (n, i, self.first_sample + k)
             for n in range(len(todo))
             for i in prompts_of
             for k in range(self.samples_per_prompt)
         ]
-        steer = [self.additions.for_row(todo[n], i, k) for n, i, k in rows]
-        completions = self.lm.complete(
-            [self._text(todo[n], i) for n, i, _ in rows],
-            seeds=[row_seed(spec.seed, i, k) for _, i, k in rows],
-            steer=steer,
-            max_new_tokens=spec.max_new_tokens,
-            chat=spec.chat,
-            position=spec.position,
-            batch_size=spec.batch_size,
-            decode=spec.decode,
-            progress=lambda done, total: self.progress.batch(done),
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            top_k=spec.top_k,
-            freq_penalty=spec.freq_penalty,
-        )
+        rows = [Row(todo[n], i, k) for n, i, k in positions]
+        done = self.rows.run(spec, rows, progress=self.progress.batch)
+        completions = done.completions
         self.progress.done += len(rows)
         self.progress.report("scoring")
-        generation = self.lm.last_generation
-        scored = self._as_continuations(completions, [todo[n] for n, _, _ in rows], [i for _, i, _ in rows])
-        scores: dict[str, list[float]] = {PERPLEXITY: self.lm.perplexities(scored, batch_size=spec.batch_size)}
-        scoring = self.lm.last_scoring
-        self._records.append(
-            {**(generation.to_record() if generation else {}), **(scoring.to_record() if scoring else {})}
-        )
+        scored = as_continuations(spec, self.lm, completions, rows)
+        perplexities = self.rows.score(spec, scored, progress=lambda done: self.progress.check())
+        scores: dict[str, list[float]] = {PERPLEXITY: perplexities.perplexities}
+        scores[REPETITION] = [repetition(c.token_ids) for c in completions]
+        scores[SPECIAL_TOKENS] = [special_token_rate(c.token_ids, self._non_text) for c in completions]
+        self._records.append({**done.record, **perplexities.record})
         texts = [c.text for c in scored]
         prompts = [c.prompt for c in scored]
         for metric in self.metrics:
             scores[metric.name] = metric.score(prompts, texts)
         scores.update(rate_scores(scores))
-        for index, (n, prompt_index, sample) in enumerate(rows):
+        for index, (n, prompt_index, sample) in enumerate(positions):
             row_scores = {name: values[index] for name, values in scores.items()}
-            self.samples.append(Sample(self.stage, todo[n], prompt_index, sample, completions[index], row_scores))
+            completion = completions[index]
+            flagged = flagged_text(completion.token_ids, self.lm.tokenizer, self._non_text)
+            self.samples.append(Sample(self.stage, todo[n], prompt_index, sample, completion, row_scores, flagged))
         results = []
         for position, setting in enumerate(todo):
-            picked = [index for index, row in enumerate(rows) if row[0] == position]
+            picked = [index for index, row in enumerate(positions) if row[0] == position]
             per_setting = {
-                name: ([values[i] for i in picked], [rows[i][1] for i in picked]) for name, values in scores.items()
+                name: ([values[i] for i in picked], [positions[i][1] for i in picked])
+                for name, values in scores.items()
             }
             if "kl" in spec.metrics:
                 per_setting["kl"] = (self._kl(setting), list(prompts_of))
@@ -166,26 +168,9 @@ class Evaluator:
                 results.append(result)
         return results
 
-    def _text(self, setting: Setting, prompt_index: int) -> str:
-        """What row (setting, prompt) is prompted with: the prompt, or the prompting baseline's words around it."""
-        prompt = self.spec.prompts[prompt_index]
-        if setting.prompting:
-            assert self.spec.prompt_baseline is not None
-            return prompting_text(self.spec.prompt_baseline, prompt)
-        return prompt
-
-    def _as_continuations(
-        self, completions: Sequence[Completion], settings: Sequence[Setting], prompt_indexes: Sequence[int]
-    ) -> list[Completion]:
-        """Completions as continuations of the user's own prompt: the prompting baseline's are re-based
-        from its worded prompt, so they are judged as steered text is."""
-        rebased = list(completions)
-        for row, (setting, index) in enumerate(zip(settings, prompt_indexes)):
-            if setting.prompting:
-                prompt = self.spec.prompts[index]
-                encoded = self.lm.encode(prompt, chat=self.spec.chat)
-                rebased[row] = replace(completions[row], prompt=prompt, prompt_ids=encoded.ids)
-        return rebased
+    @functools.cached_property
+    def _non_text(self) -> frozenset[int]:
+        return non_text_ids(self.lm.tokenizer)
 
     def _kl(self, setting: Setting) -> list[float]:
         """KL(this setting ‖ unsteered) of the next-token distribution at the end of each of this stage's prompts."""
@@ -196,7 +181,7 @@ class Evaluator:
         if setting.is_baseline:
             return [0.0] * len(prompts)
         if setting.prompting:
-            worded = [self._text(setting, i) for i in self.prompt_indices]
+            worded = [row_text(self.spec, Row(setting, i, 0)) for i in self.prompt_indices]
             steered = self.lm.next_token_logits(worded, chat=spec.chat)
         else:
             additions: list[list[Addition] | None] = [
@@ -209,7 +194,15 @@ class Evaluator:
 
     def _summarise(self, setting: Setting, values: Scores) -> SettingResult:
         baseline = None if setting.is_baseline else self._baseline_scores
-        result = summarise_setting(setting, values, baseline, self.spec.max_perplexity_ratio)
+        spec = self.spec
+        result = summarise_setting(
+            setting,
+            values,
+            baseline,
+            spec.max_perplexity_ratio,
+            max_repetition_increase=spec.max_repetition_increase,
+            max_special_token_increase=spec.max_special_token_increase,
+        )
         if setting.layer is not None and setting.coeff is not None:
             result.applied_coeff = self.additions.applied_coeff(setting.layer, setting.coeff)
         return result
@@ -233,10 +226,21 @@ class Evaluator:
 
 
 def summarise_setting(
-    setting: Setting, values: Scores, baseline: Scores | None, max_perplexity_ratio: float
+    setting: Setting,
+    values: Scores,
+    baseline: Scores | None,
+    max_perplexity_ratio: float,
+    *,
+    max_repetition_increase: float = math.inf,
+    max_special_token_increase: float = math.inf,
 ) -> SettingResult:
     """Summaries of every score, differences to `baseline` (None: this is the baseline) and the
-    fluency guard's decision. `Scores` maps a score name to its values and their prompt indexes."""
+    fluency guard's decision. `Scores` maps a score name to its values and their prompt indexes.
+
+    The guard rejects a setting whose mean perplexity exceeds `max_perplexity_ratio` × the baseline's,
+    or whose mean repetition or special-token rate exceeds the baseline's by more than its limit
+    (absolute: both are shares); `rejected_for` names each failure. A score absent from either side
+    is not guarded (the evaluator always computes all three)."""
     result = SettingResult(setting, {name: summarize(v) for name, (v, _) in values.items()})
     if baseline is None:
         return result
@@ -246,8 +250,22 @@ def summarise_setting(
     }
     base, mine = summarize(baseline[PERPLEXITY][0]).mean, result.mean(PERPLEXITY)
     result.perplexity_ratio = mine / base if base and mine is not None else math.inf
-    result.rejected = not result.perplexity_ratio <= max_perplexity_ratio
+    failed = [PERPLEXITY_GUARD] if not result.perplexity_ratio <= max_perplexity_ratio else []
+    for score, guard, limit in (
+        (REPETITION, REPETITION_GUARD, max_repetition_increase),
+        (SPECIAL_TOKENS, SPECIAL_TOKENS_GUARD, max_special_token_increase),
+    ):
+        if score in values and score in baseline and not _increase(result, baseline, score) <= limit:
+            failed.append(guard)
+    result.rejected_for = tuple(failed)
+    result.rejected = bool(failed)
     return result
+
+
+def _increase(result: SettingResult, baseline: Scores, score: str) -> float:
+    """The setting's mean of `score` minus the baseline's (NaN when either has none: the guard fails)."""
+    base, mine = summarize(baseline[score][0]).mean, result.mean(score)
+    return math.nan if base is None or mine is None else mine - base
 
 
 def text_metrics(spec: ExperimentSpec) -> list[Metric]:

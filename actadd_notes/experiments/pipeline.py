@@ -30,6 +30,7 @@ from actadd_notes.experiments.metrics import Metric, Objective
 from actadd_notes.experiments.preload import import_in_background, modules_for
 from actadd_notes.experiments.report import findings
 from actadd_notes.experiments.results import CONFIRMATION, SEARCH, Confirmation, ExperimentResult, Setting, pick_best
+from actadd_notes.experiments.rows import Executor, LocalExecutor
 from actadd_notes.experiments.search import run_bayes, run_grid
 from actadd_notes.experiments.spec import (
     ExperimentSpec,
@@ -54,9 +55,13 @@ def run_experiment(
     cancelled: Callable[[], bool] | None = None,
     provenance: dict[str, Any] | None = None,
     note: str | None = None,
+    executor: Executor | None = None,
 ) -> ExperimentResult:
-    """Run `spec` (grid or bayes) with its baselines and confirmation; `progress(done, total, stage)` follows it."""
+    """Run `spec` (grid or bayes) with its baselines and confirmation; `progress(done, total, stage)` follows it.
+
+    `executor` generates the rows (default: `lm`, here); every other step runs in this process."""
     import_in_background(modules_for(spec, lm.device))  # ready when the generations are done
+    spec = steerable_file_layers(spec, lm)
     check_layers(spec, lm.num_layers, lm.short_name, note=note)
     spec = first_tokens(spec, lm)
     context = _context_length(lm)
@@ -77,9 +82,11 @@ def run_experiment(
     additions = Additions(spec, lm)
     with note_context(note) if note else nullcontext():
         additions.check_fits()
+    rows = (executor or LocalExecutor()).runner(spec, lm, additions)
     search = Evaluator(
-        spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics, additions=additions, prompts=split.search
-    )
+        spec, lm, objective, stage=SEARCH, progress=tracker, metrics=metrics, additions=additions,
+        prompts=split.search, rows=rows,
+    )  # fmt: skip
     trials: list[dict[str, Any]] = []
     trials_to_best, study = None, None
     if spec.search == "bayes":
@@ -133,9 +140,9 @@ def _confirm(
     seeds the search never used, and on the split's confirmation prompts."""
     stage = Evaluator(
         spec, lm, objective, stage=CONFIRMATION, first_sample=spec.samples, samples=spec.confirmation_samples,
-        progress=tracker, metrics=metrics, additions=search.additions, prompts=split.confirmation,
+        progress=tracker, metrics=metrics, additions=search.additions, prompts=split.confirmation, rows=search.rows,
     )  # fmt: skip
-    if stage.seeds & search.seeds:  # impossible by construction (evaluator.row_seed): a bug if it happens
+    if stage.seeds & search.seeds:  # impossible by construction (rows.row_seed): a bug if it happens
         raise AssertionError("confirmation seeds overlap the search's")
     assert best.layer is not None
     control = Setting(best.layer, best.coeff, control=True, offset=best.offset)
@@ -158,6 +165,15 @@ def _confirm(
         control_seed=control_seed(spec.seed, best.layer, split.confirmation[0], spec.samples),
     )
     return confirmation, stage
+
+
+def steerable_file_layers(spec: ExperimentSpec, lm: SteerableLM) -> ExperimentSpec:
+    """A vector file's grid without the layer past the model's last block: llama.cpp's cvector-generator
+    writes a direction for the last block's output, which reaches no block input of ours."""
+    if spec.vector_file is None or spec.search != "grid" or lm.num_layers not in spec.layers:
+        return spec
+    kept = tuple(layer for layer in spec.layers if layer != lm.num_layers)
+    return replace(spec, layers=kept) if kept else spec
 
 
 def first_tokens(spec: ExperimentSpec, lm: SteerableLM) -> ExperimentSpec:

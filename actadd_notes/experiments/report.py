@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from actadd_notes.experiments.degeneration import REPETITION, SPECIAL_TOKENS
 from actadd_notes.experiments.design import HELD_OUT
 from actadd_notes.experiments.metrics import REGISTRY
-from actadd_notes.experiments.results import NO_SETTING, ExperimentResult, SettingResult
+from actadd_notes.experiments.results import (
+    NO_SETTING,
+    PERPLEXITY_GUARD,
+    REPETITION_GUARD,
+    SPECIAL_TOKENS_GUARD,
+    ExperimentResult,
+    SettingResult,
+)
 from actadd_notes.experiments.stats import Proportion
 from actadd_notes.experiments.verdict import interval, number
 
@@ -145,7 +153,7 @@ def _prompting_lines(result: ExperimentResult) -> list[str]:
     if prompting is None:
         if spec.method != "actadd" and spec.prompt_baseline is None:
             return [
-                "No prompting baseline: method mean_difference has no single p+ to prompt with — set "
+                f"No prompting baseline: method {spec.method} has no single p+ to prompt with — set "
                 'prompt_baseline: to a template such as "Be kind. {prompt}" to compare steering with asking.'
             ]
         return ["No prompting baseline (prompt_baseline: false): nothing says whether asking in words does as well."]
@@ -195,12 +203,11 @@ def _guard_lines(result: ExperimentResult) -> list[str]:
     spec, lines = result.spec, []
     rejected = [s for s in result.settings if s.rejected]
     if rejected:
-        worst = max(rejected, key=lambda s: s.perplexity_ratio)
-        labels = ", ".join(s.setting.label for s in rejected)
+        failures = "; ".join(f"{s.setting.label} {_failures(s, result.baseline, result)}" for s in rejected)
         lines.append(
             f"{len(rejected)} of {len(result.settings)} settings failed the fluency guard (perplexity > "
-            f"{spec.max_perplexity_ratio:g}× baseline): {labels}; worst {worst.setting.label} at "
-            f"{worst.perplexity_ratio:.1f}×."
+            f"{spec.max_perplexity_ratio:g}× the baseline's, repetition > +{spec.max_repetition_increase:g} or "
+            f"special-token rate > +{spec.max_special_token_increase:g} over it): {failures}."
         )
     best, confirmed = result.best, result.confirmation
     if best is not None and len(result.settings) > 1 and best.perplexity_ratio > 0.9 * spec.max_perplexity_ratio:
@@ -210,8 +217,8 @@ def _guard_lines(result: ExperimentResult) -> list[str]:
         )
     if confirmed is not None and confirmed.best.rejected:
         lines.append(
-            f"On the confirmation seeds the best setting's perplexity is {confirmed.best.perplexity_ratio:.2f}× "
-            f"the baseline's, above the {spec.max_perplexity_ratio:g}× guard: the effect costs fluency."
+            f"On the confirmation seeds the best setting fails the fluency guard — "
+            f"{_failures(confirmed.best, confirmed.baseline, result)}: the effect costs fluency."
         )
     if confirmed is not None and confirmed.control.rejected and not confirmed.best.rejected:
         lines.append(
@@ -220,6 +227,27 @@ def _guard_lines(result: ExperimentResult) -> list[str]:
             f"{confirmed.best.perplexity_ratio:.2f}×: pushed as hard, the steering vector keeps the text fluent."
         )
     return lines
+
+
+def _failures(setting: SettingResult, baseline: SettingResult, result: ExperimentResult) -> str:
+    """Which guards `setting` failed and by how much: `loops (repetition 0.61 vs 0.08 baseline)`."""
+    spec, said = result.spec, []
+    if PERPLEXITY_GUARD in setting.rejected_for:
+        said.append(f"perplexity {setting.perplexity_ratio:.2f}× the baseline's")
+    if REPETITION_GUARD in setting.rejected_for:
+        said.append(f"loops (repetition {_share(setting, REPETITION)} vs {_share(baseline, REPETITION)} baseline)")
+    if SPECIAL_TOKENS_GUARD in setting.rejected_for:
+        said.append(
+            f"emits special tokens ({_share(setting, SPECIAL_TOKENS)} of its tokens vs "
+            f"{_share(baseline, SPECIAL_TOKENS)} baseline)"
+        )
+    if not said:  # rejected before the guard named its reasons
+        said.append(f"perplexity {setting.perplexity_ratio:.2f}× (limit {spec.max_perplexity_ratio:g}×)")
+    return ", ".join(said)
+
+
+def _share(setting: SettingResult, score: str) -> str:
+    return number(setting.mean(score), ".2f")
 
 
 def _direction_lines(result: ExperimentResult) -> list[str]:

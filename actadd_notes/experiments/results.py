@@ -1,7 +1,7 @@
 """What a run produced, as plain data: settings, their scores, the confirmation, the verdict.
 
 Everything publishing needs is here (the vectors included), so writing a result note needs no
-model. `ExperimentResult.to_dict` is results.json (schema `actadd-notes/results/v2`).
+model. `ExperimentResult.to_dict` is results.json (schema `actadd-notes/results/v4`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from actadd_notes.steering.lm import Completion
     from actadd_notes.steering.vectors import SteeringVector
 
-SCHEMA = "actadd-notes/results/v3"
+SCHEMA = "actadd-notes/results/v4"
 SEARCH, CONFIRMATION = "search", "confirmation"
+# The fluency guard's checks, as `SettingResult.rejected_for` names a failure (evaluator.summarise_setting)
+PERPLEXITY_GUARD, REPETITION_GUARD, SPECIAL_TOKENS_GUARD = "perplexity", "repetition", "special tokens"
 
 # The verdict words, in the `effect` property of every result note
 DETECTED = "detected"  # confirmed on fresh seeds, and beats the random-direction control
@@ -80,6 +82,7 @@ class SettingResult:
     differences: dict[str, Difference] = field(default_factory=dict)  # to the same stage's baseline
     perplexity_ratio: float = 1.0
     rejected: bool = False
+    rejected_for: tuple[str, ...] = ()  # the guards it failed: perplexity, repetition, special tokens
     p_holm: float | None = None  # the objective's p-value, Holm-adjusted over every setting searched
     applied_coeff: float | None = None  # the raw coefficient applied (differs with coeff_unit: residual_norm)
 
@@ -100,6 +103,7 @@ class SettingResult:
             "differences": {name: asdict(d) for name, d in self.differences.items()},
             "perplexity_ratio": self.perplexity_ratio,
             "rejected": self.rejected,
+            "rejected_for": list(self.rejected_for),
             "p_holm": self.p_holm,
         }
 
@@ -114,6 +118,7 @@ class Sample:
     sample: int
     completion: Completion
     scores: dict[str, float]
+    flagged: str | None = None  # the text with its special or added tokens shown as ⟦token⟧; None: it has none
 
 
 @dataclass(frozen=True)
@@ -241,7 +246,8 @@ class ExperimentResult:
     def examples(self, stage: str, setting: Setting, limit: int = 5) -> list[dict[str, Any]]:
         rows = [s for s in self.samples if s.stage == stage and s.setting == setting][:limit]
         return [
-            {"prompt": s.completion.prompt, "completion": s.completion.text, "seed": s.completion.seed} for s in rows
+            {"prompt": s.completion.prompt, "completion": s.flagged or s.completion.text, "seed": s.completion.seed}
+            for s in rows
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,6 +268,8 @@ class ExperimentResult:
             "objective": {"metric": self.objective.metric, "score": self.objective.column,
                           "direction": self.objective.direction},
             "max_perplexity_ratio": self.spec.max_perplexity_ratio,
+            "max_repetition_increase": self.spec.max_repetition_increase,
+            "max_special_token_increase": self.spec.max_special_token_increase,
             "settings_tested": len(self.settings),
             "baseline": self.baseline.to_dict(),
             "settings": [s.to_dict() for s in self.settings],
@@ -286,7 +294,7 @@ class ExperimentResult:
 
 
 def pick_best(settings: Sequence[SettingResult], objective: Objective) -> SettingResult | None:
-    """The best setting that passed the fluency guard, by the objective's mean (the first on ties)."""
+    """The best setting that passed every guard, by the objective's mean (the first on ties)."""
     allowed = [s for s in settings if not s.rejected and s.mean(objective.column) is not None]
     if not allowed:
         return None

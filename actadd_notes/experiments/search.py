@@ -1,10 +1,10 @@
 """Search strategies over (layer, coeff): the paper's grid, and Bayesian optimisation.
 
 `bayes` answers the ActAdd paper's open question (its `l` and `c` came from a grid search):
-Optuna's TPE proposes settings, the fluency guard enters as a constraint (perplexity
-ratio ≤ max_perplexity_ratio), and trials are asked in rounds so each round is one
-batched generation job. The study lives in an SQLite file that travels with the result, so
-`optuna-dashboard study.sqlite3` opens the search as Optuna saw it.
+Optuna's TPE proposes settings, the fluency guard enters as constraints (perplexity
+ratio ≤ max_perplexity_ratio; no loop or special tokens past their limits), and trials are
+asked in rounds so each round is one batched generation job. The study lives in an SQLite file
+that travels with the result, so `optuna-dashboard study.sqlite3` opens the search as Optuna saw it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Any, Literal
 
 from actadd_notes.experiments.evaluator import Evaluator
 from actadd_notes.experiments.metrics import Objective
-from actadd_notes.experiments.results import Setting, SettingResult
+from actadd_notes.experiments.results import PERPLEXITY_GUARD, Setting, SettingResult
 from actadd_notes.experiments.spec import ExperimentSpec
 
 ROUND_SIZE = 4  # trials per batched round: TPE still learns between rounds
+ROUND_PER_WORKER = 2  # with several row runners (Ray actors), each gets this many trials a round
 _RATIO = "perplexity_ratio"
+_DEGENERATE = "degenerate"  # 1: the repetition or special-token guard rejected it
 STUDY_NAME = "actadd-notes"
 
 
@@ -65,7 +67,12 @@ def _search(
         n_startup_trials=min(8, max(2, (spec.trials or 20) // 3)),
         constraints_func=None
         if per_trial
-        else (lambda trial: [trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio]),
+        else (
+            lambda trial: [
+                trial.user_attrs.get(_RATIO, float("inf")) - spec.max_perplexity_ratio,
+                trial.user_attrs.get(_DEGENERATE, 1.0),
+            ]
+        ),
         constant_liar=True,
     )
     direction: Literal["maximize", "minimize"] = "maximize" if objective.sign > 0 else "minimize"  # on the score
@@ -74,14 +81,19 @@ def _search(
     results: list[SettingResult] = []
     log: list[dict[str, Any]] = []
     trials = spec.trials or 20
+    size = round_size(evaluator.rows.parallelism)
+    study.set_user_attr("round_size", size)
     while len(log) < trials:
-        asked = [study.ask() for _ in range(min(ROUND_SIZE, trials - len(log)))]
+        asked = [study.ask() for _ in range(min(size, trials - len(log)))]
         settings = [_suggest(t, spec) for t in asked]
         for trial, result in zip(asked, evaluator.evaluate(settings)):
             value = result.mean(objective.column)
             trial.set_user_attr(_RATIO, result.perplexity_ratio)
+            degenerate = 1.0 if set(result.rejected_for) - {PERPLEXITY_GUARD} else 0.0  # loops, special tokens
+            trial.set_user_attr(_DEGENERATE, degenerate)
             if per_trial:
                 trial.set_constraint(_RATIO, result.perplexity_ratio - spec.max_perplexity_ratio)
+                trial.set_constraint(_DEGENERATE, degenerate)
             if value is None:  # no finite score to report: a failed trial, not a crash
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
@@ -99,6 +111,12 @@ def _search(
                 }
             )
     return results, log
+
+
+def round_size(parallelism: int) -> int:
+    """Trials asked per round: enough to keep every worker busy, never fewer than `ROUND_SIZE`, so
+    one process and one Ray actor search alike (more actors: larger rounds, a different search)."""
+    return max(ROUND_SIZE, ROUND_PER_WORKER * parallelism)
 
 
 def _suggest(trial: Any, spec: ExperimentSpec) -> Setting:

@@ -8,7 +8,7 @@ finished, progress, result, best_layer, best_coeff, error, run_id); those are ig
 type: actadd-experiment
 model: embedded          # "embedded" (the shipped SmolLM2), a Hugging Face id or a local path
 prompt_add: Love         # p+ (required, not empty)
-prompt_sub: Hate         # p- (required; "" subtracts the padding alone)
+prompt_sub: Hate         # p- (required; " " — the pad token — subtracts the padding alone)
 layer: [2, 4, 6, 8, 10]  # grid: an int or a list (inputs of these layers)
 coeff: [1, 2, 4, 8]      # grid: a number or a list; negative flips the direction
 prompts:                 # a string or a list; a "## Prompts" list in the body is appended; or a data set:
@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actadd_notes.errors import ActaddError, SpecError, note_context
@@ -57,6 +57,7 @@ from actadd_notes.experiments.prompt_sets import (
 
 if TYPE_CHECKING:
     from actadd_notes.steering.decode import DecodeMode
+    from actadd_notes.steering.vector_files import VectorFile
 
 TOOL_KEYS: frozenset[str] = frozenset(
     {"status", "started", "finished", "progress", "result", "best_layer", "best_coeff", "error", "run_id"}
@@ -65,11 +66,12 @@ SPEC_KEYS: frozenset[str] = frozenset(
     {
         "model", "prompt_add", "prompt_sub", "layer", "coeff", "prompts", "samples", "max_new_tokens",
         "seed", "temperature", "top_p", "top_k", "freq_penalty", "metrics", "search", "trials",
-        "coeff_scale", "objective", "direction", "max_perplexity_ratio", "topic", "topic_words",
+        "coeff_scale", "objective", "direction", "max_perplexity_ratio", "max_repetition_increase",
+        "max_special_token_increase", "topic", "topic_words",
         "classifier", "chat", "pad_token", "position", "batch_size", "max_generations",
         "extra_additions", "literature", "confirm", "confirm_samples", "dtype",
         "method", "pairs", "pair_position", "offset", "align", "coeff_unit", "decode",
-        "confirm_prompts", "prompt_baseline", "prompt_tokens",
+        "confirm_prompts", "prompt_baseline", "prompt_tokens", "vector",
     }
 )  # fmt: skip
 # Obsidian's own properties (and the scaffold's `created`): kept in `unknown`, not worth a warning.
@@ -89,6 +91,8 @@ _NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
     "top_p": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
     "freq_penalty": (lambda x: x >= 0, "must be ≥ 0"),
     "max_perplexity_ratio": (lambda x: x >= 1, "must be ≥ 1"),
+    "max_repetition_increase": (lambda x: 0 <= x <= 1, "must be in [0, 1] (a share of repeated 3-grams)"),
+    "max_special_token_increase": (lambda x: 0 <= x <= 1, "must be in [0, 1] (a share of generated tokens)"),
 }
 _CHOICES = {
     "search": ("grid", "bayes"),
@@ -96,7 +100,7 @@ _CHOICES = {
     "coeff_scale": ("linear", "log"),
     "position": ("front", "all"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "method": ("actadd", "mean_difference"),
+    "method": ("actadd", "mean_difference", "vector"),
     "pair_position": ("last", "mean"),
     "coeff_unit": ("absolute", "residual_norm"),
     "decode": ("auto", "compiled", "static", "eager"),
@@ -104,6 +108,12 @@ _CHOICES = {
 }
 _CLASSIFIED = tuple(name for name, info in REGISTRY.items() if info.classified)
 _ADDITION_KEYS = ("add", "sub", "layer", "coeff")
+# The keys that say where each method's vector comes from; another method's draw a warning.
+_METHOD_KEYS = {
+    "actadd": ("prompt_add", "prompt_sub"),
+    "mean_difference": ("pairs", "pair_position"),
+    "vector": ("vector",),
+}
 _MAX_TEMPLATE = 4_000  # characters of a prompting baseline's template
 MAX_PAIRS = 2_000  # contrast pairs a mean-difference vector is read from
 _MAX_WHOLE = 2**63 - 1  # what a seed or a count may be: a 64-bit integer
@@ -143,6 +153,8 @@ class ExperimentSpec:
     pairs: tuple[tuple[str, str], ...] = ()
     pairs_source: str | None = field(default=None, compare=False)  # the note the pairs came from, if one
     pair_position: str = "last"
+    vector: str | None = None  # method vector: the link to a vector file (.gguf or .safetensors)
+    vector_file: VectorFile | None = field(default=None, compare=False, hash=False, repr=False)  # read and checked
     layers: tuple[int, ...] = ()
     coeffs: tuple[float, ...] = ()
     offsets: tuple[int, ...] = (0,)  # grid: where the front addition starts, after the prompt's first token
@@ -168,6 +180,8 @@ class ExperimentSpec:
     confirm: bool = True
     confirm_samples: int | None = None
     max_perplexity_ratio: float = 1.5
+    max_repetition_increase: float = 0.2  # the guard: mean repetition at most this above the baseline's
+    max_special_token_increase: float = 0.01  # … and the special-token rate at most this above it
     topic: str | None = None
     topic_words: tuple[str, ...] = ()
     classifier: dict[str, str] = field(default_factory=dict, hash=False)  # metric name -> model
@@ -184,8 +198,8 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as properties that `parse_spec` reads back to an equal spec (without `unknown`)."""
-        data = asdict(self)
-        for key in ("unknown", "pairs_source", "prompt_source"):
+        data = asdict(replace(self, vector_file=None))
+        for key in ("unknown", "pairs_source", "prompt_source", "vector_file"):
             del data[key]
         grid = self.search == "grid"
         for key, plural in (("layer", "layers"), ("coeff", "coeffs"), ("offset", "offsets")):
@@ -195,9 +209,12 @@ class ExperimentSpec:
             del data["trials"], data["coeff_scale"]
         if self.method == "actadd":
             del data["pairs"], data["pair_position"]
-        else:
-            del data["prompt_add"], data["prompt_sub"]
+        else:  # the result note's template reads `pairs` of every other method (none for a vector file)
             data["pairs"] = [{"add": add, "sub": sub} for add, sub in self.pairs]
+        if self.method == "mean_difference":  # … and the (empty) prompt pair of a vector file's
+            del data["prompt_add"], data["prompt_sub"]
+        if self.method != "vector":
+            del data["vector"]
         return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
     def spec_hash(self) -> str:
@@ -210,6 +227,8 @@ class ExperimentSpec:
         data = self.to_dict()
         for key in _UNHASHED:
             del data[key]
+        if self.vector_file is not None:  # the file's content decides the results, not its name
+            data["vector_sha256"] = self.vector_file.sha256
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -247,16 +266,18 @@ def parse_spec(
     note: str | None = None,
     resolve_pairs: PairsResolver | None = None,
     resolve_file: FileResolver | None = None,
+    resolve_vector: FileResolver | None = None,
 ) -> tuple[ExperimentSpec, list[str]]:
     """Check a note's properties (and `## Prompts` body list); return the spec and warnings.
 
     `resolve_pairs(link)` turns `pairs: "[[a note]]"` into (the note's name, its pairs), and
     `resolve_file(link)` turns `prompts: "[[Data/x.csv]]"` into the file's path in the vault; the vault
-    layer provides both. Prompts from a data set are read here, before any model loads. Raises
+    layer provides both, and `resolve_vector(link)` the same for `vector: "[[Vectors/x.gguf]]"`. Prompts from a
+    data set and a vector file are read here, before any model loads. Raises
     SpecError naming the key, the bad value and what would be valid.
     """
     with _noted(note):
-        return _parse(properties, body, resolve_pairs, resolve_file)
+        return _parse(properties, body, resolve_pairs, resolve_file, resolve_vector)
 
 
 def check_layers(spec: ExperimentSpec, num_layers: int, model_name: str, *, note: str | None = None) -> None:
@@ -344,7 +365,11 @@ def check_work(spec: ExperimentSpec, estimate: WorkEstimate, *, note: str | None
 
 
 def _parse(
-    properties: Mapping[str, Any], body: str, resolve_pairs: PairsResolver | None, resolve_file: FileResolver | None
+    properties: Mapping[str, Any],
+    body: str,
+    resolve_pairs: PairsResolver | None,
+    resolve_file: FileResolver | None,
+    resolve_vector: FileResolver | None = None,
 ) -> tuple[ExperimentSpec, list[str]]:
     # An empty property (Obsidian's blank field) counts as absent.
     props = {str(key): value for key, value in properties.items() if value is not None}
@@ -357,7 +382,7 @@ def _parse(
             warnings.append(f"{key}: unknown property{hint} — kept, not used")
 
     spec: dict[str, Any] = {"unknown": unknown}
-    _parse_vector(props, spec, warnings, resolve_pairs)
+    _parse_vector(props, spec, warnings, resolve_pairs, resolve_vector)
     _parse_prompts(props, body, spec, resolve_file)
     _parse_scalars(props, spec)
     _parse_design(props, spec, warnings)
@@ -371,23 +396,40 @@ def _parse(
         _text(item, "literature", hint=' — quote wiki links: "[[@key]]"', item=number)
         for number, item in enumerate(_listed(props.get("literature", [])), 1)
     )
+    _check_vector_layers(spec)
     parsed = ExperimentSpec(**spec)
     check_work(parsed, estimate_work(parsed))  # a run too large is refused before any model loads
     return parsed, warnings
 
 
 def _parse_vector(
-    props: dict[str, Any], spec: dict[str, Any], warnings: list[str], resolve_pairs: PairsResolver | None
+    props: dict[str, Any],
+    spec: dict[str, Any],
+    warnings: list[str],
+    resolve_pairs: PairsResolver | None,
+    resolve_vector: FileResolver | None = None,
 ) -> None:
-    """The steering vector's source: a prompt pair (actadd), or the mean over contrast pairs."""
+    """The steering vector's source: a prompt pair (actadd), the mean over contrast pairs, or a file."""
     method = spec["method"] = _choice(props.get("method", "actadd"), "method", _CHOICES["method"])
-    ignored = ("pairs", "pair_position") if method == "actadd" else ("prompt_add", "prompt_sub")
-    for key in ignored:
-        if key in props:
+    for key in (key for keys in _METHOD_KEYS.values() for key in keys):
+        if key in props and key not in _METHOD_KEYS[method]:
             warnings.append(f"{key}: not used by method: {method} — ignored")
     if method == "actadd":
         _parse_prompt_pair(props, spec)
         return
+    if method == "vector":
+        _parse_vector_file(props, spec, resolve_vector)
+    else:
+        _parse_mean_difference(props, spec, resolve_pairs)
+    if props.get("position", "all") != "all":
+        raise SpecError(
+            f"{_show(props['position'])} — method: {method} adds one vector at every position: position: all",
+            key="position",
+        )
+    spec["position"] = "all"
+
+
+def _parse_mean_difference(props: dict[str, Any], spec: dict[str, Any], resolve_pairs: PairsResolver | None) -> None:
     _parse_pairs(
         _required(props, "pairs", "a list of {add: …, sub: …} or a link to a note of pairs"), spec, resolve_pairs
     )
@@ -402,20 +444,48 @@ def _parse_vector(
         raise SpecError("every pair has add equal to sub — the mean difference would be zero", key="pairs")
     if "pair_position" in props:
         spec["pair_position"] = _choice(props["pair_position"], "pair_position", _CHOICES["pair_position"])
-    if props.get("position", "all") != "all":
+
+
+def _parse_vector_file(props: dict[str, Any], spec: dict[str, Any], resolve_vector: FileResolver | None) -> None:
+    """`vector: "[[Vectors/x.gguf]]"`, read and checked here, before any model loads; its layers are the
+    default `layer` (its lowest to highest with search: bayes)."""
+    from actadd_notes.steering.vector_files import VectorFile
+
+    link = _text(_required(props, "vector", 'a link to a vector file, e.g. "[[Vectors/honesty.gguf]]"'), "vector")
+    if resolve_vector is None:
+        raise SpecError(f"{link} — a link to a vector file needs a vault: run the note with actadd-notes", key="vector")
+    try:
+        read = VectorFile.read(resolve_vector(link))
+    except ActaddError as error:
+        raise SpecError(str(error), key="vector") from None
+    spec["vector"], spec["vector_file"] = link, read
+    bayes = props.get("search") == "bayes"
+    props.setdefault("layer", [read.layers[0], read.layers[-1]] if bayes else list(read.layers))
+
+
+def _check_vector_layers(spec: dict[str, Any]) -> None:
+    """Every layer searched must be one the vector file steers."""
+    read = spec.get("vector_file")
+    if read is None:
+        return
+    bounds = spec.get("layer_range")
+    wanted = range(bounds[0], bounds[1] + 1) if bounds else spec["layers"]
+    missing = [layer for layer in wanted if layer not in read.directions]
+    if missing:
         raise SpecError(
-            f"{_show(props['position'])} — method: mean_difference adds one vector at every position: position: all",
-            key="position",
+            f"{missing[0]}: {read.path} steers layers {', '.join(map(str, read.layers))} only "
+            "(its direction.N steers layer N + 1)",
+            key="layer",
         )
-    spec["position"] = "all"
 
 
 def _parse_prompt_pair(props: dict[str, Any], spec: dict[str, Any]) -> None:
     spec["prompt_add"] = _prompt(_required(props, "prompt_add", "the text whose activations are added"), "prompt_add")
     spec["prompt_sub"] = _text(
-        _required(props, "prompt_sub", 'the text whose activations are subtracted ("" for padding alone)'),
+        _required(props, "prompt_sub", 'the text whose activations are subtracted (" " for padding alone)'),
         "prompt_sub",
-        empty_ok=True,
+        blank_ok=True,
+        hint='; for the padding alone write one space, prompt_sub: " " (the pad token)',
     )
     if spec["prompt_add"] == spec["prompt_sub"]:
         raise SpecError(
@@ -630,7 +700,7 @@ def _parse_design(props: dict[str, Any], spec: dict[str, Any], warnings: list[st
         if spec["method"] != "actadd":
             if "prompt_baseline" in props:
                 raise SpecError(
-                    "true — method: mean_difference has no single p+ to prompt with: give a template such as "
+                    f"true — method: {spec['method']} has no single p+ to prompt with: give a template such as "
                     '"Be kind. {prompt}"',
                     key="prompt_baseline",
                 )
@@ -730,7 +800,7 @@ def _text(
     if not isinstance(value, str):
         raise SpecError(f"{where}{_show(value)} must be a string{hint}", key=key)
     if not empty_ok and (value == "" or not (blank_ok or value.strip())):
-        raise SpecError(f"{where}is empty — give a non-empty string", key=key)
+        raise SpecError(f"{where}is empty — give a non-empty string{hint}", key=key)
     return value
 
 

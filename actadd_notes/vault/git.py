@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def vault_commit(root: Path) -> str | None:
-    """HEAD of the repository at the vault root, or None when the vault is no repository."""
+    """HEAD of the repository at the vault root, or None when the vault is no repository or has no commit
+    yet (then `git rev-parse HEAD` prints `HEAD` itself and fails, which must not be recorded as a commit)."""
     if not (root / ".git").exists():
         return None
     try:
@@ -19,5 +20,7 @@ def vault_commit(root: Path) -> str | None:
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
         return None
     return done.stdout.strip() or None

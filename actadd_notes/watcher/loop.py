@@ -1,7 +1,9 @@
-"""The watcher: spec notes in, results out, one job at a time, crash-safe.
+"""The watcher: spec notes in, results out, one job at a time (several on Ray), crash-safe.
 
 A thread turns file events into debounced batches (`watch_vault`); the main loop runs the
-queued spec notes in arrival order. On start a scan (`vault.scan`: a textual pre-filter, so
+queued spec notes in arrival order — each on a thread of its own when `concurrent` > 1 (the
+vault's `concurrent_specs`, with `executor: ray`), every one claimed first so none runs twice.
+On start a scan (`vault.scan`: a textual pre-filter, so
 only notes that declare themselves specs are parsed) picks up every `status: queued` spec, and
 a job left `running` by a dead process (its claim's pid is gone) is resumed with its run id,
 so its outputs are rewritten, never duplicated. A note the watcher cannot or must not run (a
@@ -54,8 +56,11 @@ class Watcher:
         force_polling: bool = False,
         stop_event: threading.Event | None = None,
         log: Log = print,
+        concurrent: int = 1,
     ):
         self.runner = runner
+        self.concurrent = max(1, concurrent)
+        self._running: dict[Path, threading.Thread] = {}
         self.config = runner.config
         self.root = runner.config.root.resolve()
         self.debounce_ms = debounce_ms
@@ -115,10 +120,12 @@ class Watcher:
                     self._check_retries()
                     if not self.root.is_dir():  # inotify misses it while our lock file is open in it
                         self._stopped(VaultError(f"{self.root} was deleted or moved", path=self.root))
-                    elif self.pending:
+                    elif self._next() is not None and len(self._running) < self.concurrent:
                         self._run_next(claims)
             finally:
                 self.stop_event.set()
+                for job in list(self._running.values()):  # each stops at its next batch
+                    job.join()
                 events.join(timeout=5)
         if self._watch_error is not None:
             raise self._watch_error
@@ -207,8 +214,13 @@ class Watcher:
         if text is not None:
             self.self_writes.remember(spec.path, text)
 
+    def _next(self) -> Path | None:
+        """The first queued note not running now (one saved again while it runs waits its turn)."""
+        return next((path for path in self.pending if path not in self._running), None)
+
     def _run_next(self, claims: JobClaims) -> None:
-        path = next(iter(self.pending))
+        path = self._next()
+        assert path is not None
         del self.pending[path]
         if spec_status(self.config, path) not in (QUEUED, RUNNING):
             return
@@ -220,6 +232,14 @@ class Watcher:
         except VaultError as error:  # its claim file is a link, say: never touched
             self.log(f"{name}: {error}; skipped")
             return
+        if self.concurrent == 1:
+            self._run_claimed(claims, path, name)
+            return
+        job = threading.Thread(target=self._run_claimed, args=(claims, path, name), name=f"actadd-job-{name}")
+        self._running[path] = job
+        job.start()
+
+    def _run_claimed(self, claims: JobClaims, path: Path, name: str) -> None:
         try:
             self.log(f"running {name}")
             outcome = self.runner.run(path, interrupted=self.stop_event.is_set)
@@ -231,6 +251,7 @@ class Watcher:
             return
         finally:
             claims.release(path)
+            self._running.pop(path, None)
         self.outcomes.append(outcome)
         detail = (outcome.error or outcome.summary).removeprefix(f"{name}: ")  # errors name the note already
         self.log(f"{outcome.status} {name}{': ' + detail if detail else ''}")
