@@ -15,12 +15,13 @@ import pytest
 import ray
 from vaults import example_vault, idle_vault, result_notes, status, tiny_model_dir, vault, wait_for, write_spec
 
-from actadd_notes.errors import Cancelled, VaultError
+from actadd_notes.errors import Cancelled, ScaleOutError, VaultError
 from actadd_notes.experiments.pipeline import run_experiment
 from actadd_notes.experiments.results import Setting
 from actadd_notes.experiments.rows import Row
 from actadd_notes.experiments.spec import parse_spec
 from actadd_notes.jobs import DONE, JobRunner, ModelSlot
+from actadd_notes.scaleout import executor as executor_module
 from actadd_notes.scaleout.executor import NAMESPACE, RayExecutor, RaySettings
 from actadd_notes.scaleout.shards import cut, cut_batches, shard_size, spec_digest
 from actadd_notes.steering.lm import Completion
@@ -136,6 +137,17 @@ def lm(tiny_model_dir):
     from actadd_notes.steering.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.mark.ray
+def test_an_actor_the_cluster_cannot_place_is_an_error_not_a_hang(ray_instance, monkeypatch):
+    monkeypatch.setattr(executor_module, "ACTOR_START_S", 3)
+    pool = RayExecutor(RaySettings(actors=1, gpus_per_actor=1))  # this cluster has no GPU
+    try:
+        with pytest.raises(ScaleOutError, match="could not start .* within 3 s: the cluster has no free resources"):
+            pool.start()
+    finally:
+        pool.close()
 
 
 @pytest.mark.ray

@@ -175,7 +175,7 @@ class Additions:
         past a prompt's end."""
         spec = self.spec
         if spec.vector_file is not None:
-            hidden = int(self.lm.model.get_input_embeddings().weight.shape[-1])
+            hidden = self.lm.hidden_size
             try:
                 spec.vector_file.check_fits(hidden, self.lm.num_layers, self.lm.short_name)
             except SteeringError as error:

@@ -105,22 +105,6 @@ def export_vectors(
     return Export(vectors, units)
 
 
-def file_vectors(read: VectorFile, scale: float = 1.0) -> list[SteeringVector]:
-    """A file's directions as [1, d] steering vectors with coeff `scale`, sorted by layer."""
-    import torch
-
-    return [
-        SteeringVector(
-            vector=torch.from_numpy(read.directions[layer].copy())[None, :],
-            layer=layer,
-            coeff=float(scale),
-            prompt_add=f"{read.path.name} layer {layer}",
-            provenance={"source": str(read.path), "format": read.kind, "sha256": read.sha256},
-        )
-        for layer in read.layers
-    ]
-
-
 def check_vectors(
     lm: SteerableLM,
     vectors: Sequence[SteeringVector],
@@ -173,7 +157,7 @@ def describe_file(read: VectorFile, lm: SteerableLM, prompts: Sequence[str]) -> 
     lines = [f"{read.path}: {read.kind}, model hint {read.model_hint or '?'}, width {read.width}, {stored}"]
     if "scale" in units:
         lines.append(f"  suggested scales: {' – '.join(f'{x:g}' for x in units['scale'])}")
-    hidden = int(lm.model.get_input_embeddings().weight.shape[-1])
+    hidden = lm.hidden_size
     try:
         read.check_fits(hidden, lm.num_layers, lm.short_name)
     except SteeringError as error:

@@ -44,6 +44,7 @@ INSTALL_HINT = "pip install 'actadd-notes[ray]'"
 NAMESPACE = "actadd-notes"
 POLL_S = 0.25  # how often the driver looks at cancellation while shards run
 SHARD_TRIES = 3  # a shard lost with this many actors in a row fails the run
+ACTOR_START_S = 300  # an actor the cluster cannot place (no free GPU, its node gone) fails the run by then
 _LOST = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError")
 
 
@@ -68,7 +69,6 @@ class RaySettings:
     cpus_per_actor: int | None = None  # torch threads of a CPU actor; default: the CPUs shared out
     shard_rows: int | None = None  # default: two shards per actor per call, on GPUs ≥ GPU_SHARD_FLOOR rows
     dtype: str = "auto"  # the driver's default precision; a spec's `dtype` overrides it, as in one process
-    local_cpus: int | None = None  # a local instance's CPUs (default: the machine's)
 
 
 @dataclass
@@ -103,8 +103,6 @@ class RayExecutor:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "namespace": NAMESPACE}
             if settings.address:
                 options["address"] = settings.address
-            elif settings.local_cpus:
-                options["num_cpus"] = settings.local_cpus
             try:
                 ray.init(**options)
             except Exception as error:  # an unreachable address, a refused connection…
@@ -208,7 +206,16 @@ class RayExecutor:
         return _Actor(handle, name)
 
     def identify(self, actors: Sequence[_Actor]) -> None:
-        for actor, identity in zip(actors, self.ray.get([a.handle.identity.remote() for a in actors])):
+        """Wait for `actors` to start and record where they run; ScaleOutError past `ACTOR_START_S`."""
+        try:
+            identities = self.ray.get([a.handle.identity.remote() for a in actors], timeout=ACTOR_START_S)
+        except self.ray.exceptions.GetTimeoutError:
+            names = ", ".join(actor.name for actor in actors)
+            raise ScaleOutError(
+                f"Ray could not start {names} within {ACTOR_START_S} s: the cluster has no free resources "
+                f"for it ({self._spawn_options['gpus']:g} GPU(s), {self._spawn_options['cpus']:g} CPU(s) an actor)"
+            ) from None
+        for actor, identity in zip(actors, identities):
             actor.identity = identity
 
     def replace(self, lost: _Actor) -> _Actor:

@@ -35,7 +35,6 @@ class ModelKey:
 class ShardDone:
     worker: str
     done: RowsDone
-    batches: int  # forward batches it took
 
 
 @dataclass
@@ -70,10 +69,8 @@ class RowWorker:
     def run_shard(self, run: str, model: ModelKey, spec: ExperimentSpec, digest: str, rows: list[Row]) -> ShardDone:
         """Generate and score `rows` of `spec` (whose digest names its cached vectors)."""
         started = time.time()
-        batches = [0]
 
         def batch_done(done: int) -> None:
-            batches[0] += 1
             self._batches.append((run, time.time()))
             self._check(run)
 
@@ -81,7 +78,7 @@ class RowWorker:
         runner = self._runner(model, spec, digest)
         done = runner.run(spec, rows, progress=batch_done)
         self._shards.append({"run": run, "rows": len(rows), "started": started, "ended": time.time()})
-        return ShardDone(self.name, done, batches[0])
+        return ShardDone(self.name, done)
 
     def score_shard(self, run: str, model: ModelKey, batches: list[tuple[Completion, ...]]) -> ScoreDone:
         """Perplexities of `batches`, each scored as one batch, exactly as the driver planned it."""

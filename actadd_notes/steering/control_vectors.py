@@ -201,23 +201,12 @@ def load_control_vector(path: str | Path, lm: SteerableLM | None = None, *, scal
     read = VectorFile.read(path)
     path, hint, sources = read.path, read.model_hint, read.sources
     directions = {layer - 1: direction for layer, direction in read.directions.items()}
-    width = read.width
     if lm is not None:
-        hidden = int(lm.model.get_input_embeddings().weight.shape[-1])
-        if width != hidden:
-            raise SteeringError(
-                f"{path}: directions of width {width} do not fit {lm.short_name}, whose hidden size is {hidden} "
-                f"(the file's model hint is {hint!r})"
-            )
+        read.check_fits(lm.hidden_size, lm.num_layers, lm.short_name)
     vectors = []
     for index in sorted(directions):
         layer = layer_of_direction(index)
-        if lm is not None and layer >= lm.num_layers:
-            if layer > lm.num_layers:
-                raise SteeringError(
-                    f"{path}: direction.{index} steers the output of block {index}, but {lm.short_name} has "
-                    f"blocks 0–{lm.num_layers - 1}: the file is for a deeper model (hint {hint!r})"
-                )
+        if lm is not None and layer >= lm.num_layers:  # the last block's output: check_fits refused deeper ones
             warnings.warn(
                 f"{path}: direction.{index} steers the output of the last block, after which only the final "
                 "norm runs; actadd-notes steers block inputs only, so it is left out",

@@ -163,6 +163,11 @@ class SteerableLM:
 
     # ----------------------------------------------------------------- facts
     @property
+    def hidden_size(self) -> int:
+        """The width of the residual stream: what every steering vector's rows must have."""
+        return int(self.model.get_input_embeddings().weight.shape[-1])
+
+    @property
     def num_layers(self) -> int:
         return len(self.blocks)
 
@@ -335,10 +340,10 @@ class SteerableLM:
                 resolved.append(memo[addition])
             elif isinstance(addition, SteeringVector):
                 self.check_layer(addition.layer)
-                if addition.vector.shape[-1] != self.model.get_input_embeddings().weight.shape[-1]:
+                if addition.vector.shape[-1] != self.hidden_size:
                     raise SteeringError(
                         f"steering vector width {addition.vector.shape[-1]} does not match {self.short_name}'s "
-                        f"hidden size {self.model.get_input_embeddings().weight.shape[-1]}"
+                        f"hidden size {self.hidden_size}"
                     )
                 resolved.append(addition)
             else:
